@@ -1,0 +1,180 @@
+"""The message: its JSON form on disk and the names of its files.
+
+A message is one JSON object in one file, with the original ddmq's keys::
+
+    {"message": "Hello", "queue": "q", "id": "1ed1...", "priority": 999,
+     "queue_number": 1764050000123456789, "filename": "999.1764050000123456789.ddmq1ed1...",
+     "requeue": null, "requeue_prio": null, "requeue_counter": 0,
+     "requeue_limit": null, "timeout": null}
+
+``requeue``, ``requeue_prio``, ``requeue_limit`` and ``timeout`` are ``null``
+when the publisher left them to the queue's settings, which are then read when
+they matter (at consume, nack or lease expiry).
+
+File names (all fields decimal integers but the id, a hex uuid)::
+
+    waiting     <queue>/PRIORITY.QUEUE_NUMBER.ddmqID
+    at work     <queue>/work/EXPIRY.PRIORITY.QUEUE_NUMBER.ddmqID
+    dead letter <queue>/dead/REASON.PRIORITY.QUEUE_NUMBER.ddmqID
+
+Messages are consumed in order of ``(priority, queue_number)`` compared as
+numbers. ``queue_number`` is the publisher's clock in nanoseconds, made
+strictly increasing within one process, so one publisher's messages of one
+priority are consumed in the order it published them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from typing import Any, NamedTuple
+
+from .errors import InvalidMessageError
+
+#: The JSON keys of a message file, in the order they are written.
+FIELDS = ("message", "queue", "id", "priority", "queue_number", "filename", "requeue",
+          "requeue_prio", "requeue_counter", "requeue_limit", "timeout")
+
+_WAITING = re.compile(r"^(\d+)\.(\d+)\.ddmq([A-Za-z0-9]+)$")
+_WORK = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.ddmq([A-Za-z0-9]+)$")
+_DEAD = re.compile(r"^([a-z_]+)\.(\d+\.\d+\.ddmq[A-Za-z0-9]+)$")
+
+#: Why a message was dead-lettered; the first field of its name in ``dead/``.
+DEAD_REASONS = ("unparseable", "requeue_limit", "expired", "rejected")
+
+
+class WaitingName(NamedTuple):
+    priority: int
+    queue_number: int
+    name: str
+
+
+def parse_waiting_name(name: str) -> WaitingName | None:
+    """``PRIO.QNUM.ddmqID`` -> its numbers, or None for any other name."""
+    parts = name.split(".")
+    if (len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit()
+            and parts[2].startswith("ddmq") and _WAITING.match(name)):
+        return WaitingName(int(parts[0]), int(parts[1]), name)
+    return None
+
+
+def parse_work_name(name: str) -> tuple[int, str] | None:
+    """``EXPIRY.PRIO.QNUM.ddmqID`` -> (expiry, waiting name), or None."""
+    match = _WORK.match(name)
+    if match is None:
+        return None
+    expiry, _, rest = name.partition(".")
+    return int(expiry), rest
+
+
+def parse_dead_name(name: str) -> tuple[str, str] | None:
+    """``REASON.PRIO.QNUM.ddmqID`` -> (reason, waiting name), or None."""
+    match = _DEAD.match(name)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def is_message_name(name: str) -> bool:
+    """True for the name of a waiting or at-work message file."""
+    return bool(_WAITING.match(name) or _WORK.match(name))
+
+
+_counter_lock = threading.Lock()
+_last_queue_number = 0
+
+
+def next_queue_number() -> int:
+    """The publisher's clock in ns, strictly increasing within this process."""
+    global _last_queue_number
+    with _counter_lock:
+        number = max(time.time_ns(), _last_queue_number + 1)
+        _last_queue_number = number
+        return number
+
+
+class Message:
+    """One message, as published, consumed or listed.
+
+    Attributes are the JSON keys of its file (see the module docstring). Once
+    consumed, ``filename`` is the name of its file in the queue's ``work/``
+    folder, which :meth:`ddmq.Broker.ack`, ``nack`` and ``extend_lease``
+    use; ``expiry`` is then the epoch second its lease ends.
+    """
+
+    __slots__ = FIELDS + ("expiry",)
+
+    def __init__(self, queue: str | None = None, message: Any = None, timeout: int | None = None,
+                 id: str | None = None, priority: int | None = None,
+                 queue_number: int | None = None, filename: str | None = None,
+                 requeue: bool | None = None, requeue_counter: int = 0,
+                 requeue_limit: int | None = None, requeue_prio: int | None = None):
+        self.queue = queue
+        self.message = message
+        self.timeout = timeout
+        self.id = id
+        self.priority = priority
+        self.queue_number = queue_number
+        self.filename = filename
+        self.requeue = requeue
+        self.requeue_counter = requeue_counter
+        self.requeue_limit = requeue_limit
+        self.requeue_prio = requeue_prio
+        self.expiry: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message's JSON keys and values."""
+        return {field: getattr(self, field) for field in FIELDS}
+
+    def to_json(self) -> str:
+        """The text of the message's file."""
+        try:
+            return json.dumps(self.to_dict(), separators=(", ", ": "))
+        except (TypeError, ValueError) as err:
+            raise InvalidMessageError(f"message text is not JSON-serialisable: {err}") from None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Message:
+        """Build a message from a parsed file; InvalidMessageError if it is not one.
+
+        Files written by ddmq 0.9 store a custom requeue priority as an integer
+        in ``requeue``; it is read as ``requeue=True`` with that ``requeue_prio``.
+        """
+        if not isinstance(data, dict):
+            raise InvalidMessageError(f"a message file holds a JSON object, not {type(data).__name__}")
+        msg = cls()
+        for field in FIELDS:
+            if field in data:
+                setattr(msg, field, data[field])
+        if type(msg.requeue) is int:
+            msg.requeue, msg.requeue_prio = True, msg.requeue
+        if msg.requeue_counter is None:
+            msg.requeue_counter = 0
+        for field in ("priority", "requeue_counter", "requeue_limit", "requeue_prio", "timeout"):
+            value = getattr(msg, field)
+            if value is not None and (type(value) is not int or value < 0):
+                raise InvalidMessageError(f"message field {field!r} is not a whole number >= 0: {value!r}")
+        if msg.requeue is not None and type(msg.requeue) is not bool:
+            raise InvalidMessageError(f"message field 'requeue' is not true/false: {msg.requeue!r}")
+        return msg
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Message:
+        """Parse the text of a message file; InvalidMessageError if it is not one."""
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise InvalidMessageError(f"not a JSON message: {err}") from None
+        return cls.from_dict(data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Message) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        lines = [f"{key} = {value}" for key, value in sorted(self.to_dict().items())]
+        return os.linesep.join(lines)
+
+
+# The original package exported the class under its lower-case name.
+message = Message

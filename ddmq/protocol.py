@@ -1,0 +1,327 @@
+"""The filesystem protocol: every step that touches a queue's files, and why it is safe.
+
+A queue is a folder. Each step below is one atomic filesystem operation, so a
+process may die between any two steps and no message is lost; at worst one is
+delivered twice (at-least-once), never half-written and never to two
+consumers at once while its lease holds::
+
+    publisher                 <queue>/                      consumer
+    ---------                 --------                      --------
+    write tmp/TOKEN  --rename-->  PRIO.QNUM.ddmqID
+                                       |
+                                       +--rename--> work/EXPIRY.PRIO.QNUM.ddmqID  (claim)
+                                                         |      |        |
+                      ack:  unlink  <--------------------+      |        |
+                      extend: rename to work/LATER.PRIO...  <---+        |
+                      requeue (nack, lease expiry):                      |
+                        rename to tmp/requeue.NOW.TOKEN.NAME  <----------+
+                        publish a copy (counter + 1), then unlink the private file
+                      poison: rename to dead/REASON.PRIO.QNUM.ddmqID
+
+1. **Publish** writes the message to a temporary file with a unique name
+   (host, pid, random) in ``tmp/``, which no scanner reads, closes it
+   (optionally fsyncs it) and renames it into the queue. ``rename`` is atomic,
+   so readers see the whole file or nothing; a publisher killed before the
+   rename leaves only a temporary file, removed by housekeeping once old.
+2. **Claim** renames the waiting file into ``work/`` under its lease expiry.
+   Exactly one of several renamers wins; the others get ``ENOENT`` (or
+   ``ESTALE`` on NFS) and move on. The file is read only after the rename.
+3. **Ack** unlinks the work file. If it is gone the lease was lost (it
+   expired and was requeued): the caller is told.
+4. **Requeue** first takes the work file by renaming it to a private name in
+   ``tmp/`` (so two housekeepers cannot both requeue it), then publishes the
+   copy through step 1, then unlinks the private file. A process killed in
+   between leaves the private file, which housekeeping requeues once stale.
+5. **Lease extension** renames the work file to a later expiry; failure means
+   the lease was lost.
+6. **Poison** (unparseable, past its requeue limit) is renamed into ``dead/``.
+
+Never used, because each fails on some network filesystem: ``flock``/``fcntl``
+locks, ``O_APPEND``, SQLite, or trusting one directory listing to be complete.
+Transient errors of network filesystems (``EIO``, ``ENOTCONN``, ``ETIMEDOUT``,
+``ESTALE`` on a folder) are retried with back-off for a bounded time, then
+raised as :class:`~ddmq.errors.FilesystemError`.
+
+Lease expiry is judged by the file server's clock, which every node can read:
+:class:`ServerClock` learns its offset from the modification time the server
+stamps on a new file.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Callable, TypeVar
+
+import tenacity
+
+from .errors import FilesystemError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+WORK = "work"
+TMP = "tmp"
+DEAD = "dead"
+REQUEUE_PREFIX = "requeue."
+
+#: errno values a network filesystem returns for a moment and then recovers from.
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.ESTALE,
+                              errno.EAGAIN, errno.ECONNRESET, errno.ECONNABORTED,
+                              errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH})
+#: errno values that mean "the file is not there (any more)": another process took it.
+GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE})
+
+_HOST = socket.gethostname().split(".")[0].replace("/", "_") or "host"
+_token_lock = threading.Lock()
+_token_pid = 0
+_token = ""
+_token_count = 0
+
+
+def unique_token() -> str:
+    """A name part no other process on any node will produce: host.pid.random.count."""
+    global _token_pid, _token, _token_count
+    with _token_lock:
+        pid = os.getpid()
+        if pid != _token_pid:  # a forked child must not reuse its parent's names
+            _token_pid, _token, _token_count = pid, f"{_HOST}.{pid}.{uuid.uuid4().hex[:8]}", 0
+        _token_count += 1
+        return f"{_token}.{_token_count}"
+
+
+def is_transient(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in TRANSIENT_ERRNOS
+
+
+def retrying(op: Callable[[], T], action: str, retry_timeout: float,
+             transient: frozenset[int] = TRANSIENT_ERRNOS) -> T:
+    """Run ``op``; retry it while it fails with a transient error, for at most
+    ``retry_timeout`` seconds, then raise :class:`FilesystemError`.
+
+    Other ``OSError`` s are raised at once as :class:`FilesystemError`, except
+    ``FileNotFoundError``, which callers handle themselves.
+    """
+    try:
+        return op()
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        if err.errno not in transient:
+            raise FilesystemError(err, action) from err
+        first = err
+    log.warning("%s: %s; retrying for up to %ss", action, first, retry_timeout)
+    try:
+        for attempt in tenacity.Retrying(
+                retry=tenacity.retry_if_exception(lambda e: isinstance(e, OSError)
+                                                  and e.errno in transient),
+                stop=tenacity.stop_after_delay(retry_timeout),
+                wait=tenacity.wait_exponential(multiplier=0.01, max=2.0),
+                reraise=True):
+            with attempt:
+                return op()
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise FilesystemError(err, action) from err
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --- the steps -----------------------------------------------------------------
+
+def write_new_file(tmp_dir: str, final_path: str, data: bytes, fsync: bool,
+                   retry_timeout: float) -> None:
+    """Step 1: make ``final_path`` appear with ``data``, all at once.
+
+    Raises FileNotFoundError if ``tmp_dir`` or the destination folder is missing.
+    """
+    temp = ""
+
+    def write() -> None:
+        nonlocal temp
+        temp = os.path.join(tmp_dir, unique_token())  # a fresh name for every attempt
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(temp)
+            raise
+        os.close(fd)
+
+    def rename() -> None:
+        os.rename(temp, final_path)
+
+    retrying(write, f"write a message file in {tmp_dir}", retry_timeout,
+             TRANSIENT_ERRNOS - {errno.ESTALE})
+    try:
+        retrying(rename, f"publish {final_path}", retry_timeout)
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+    if fsync:
+        fsync_folder(os.path.dirname(final_path))
+
+
+def fsync_folder(path: str) -> None:
+    """Make a rename into ``path`` durable (no-op where folders cannot be fsynced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def move(src: str, dst: str, retry_timeout: float) -> bool:
+    """Steps 2, 4 (take), 5 and 6: rename ``src`` to ``dst``.
+
+    True if this process moved it; False if ``src`` was gone (``ENOENT`` or
+    ``ESTALE``): another process took it first. After a retried rename, a
+    ``ENOENT`` may hide our own earlier success; the file then waits in
+    ``dst`` until its lease expires, so it is delayed, not lost.
+    """
+    def rename() -> None:
+        os.rename(src, dst)
+    try:
+        retrying(rename, f"rename {src}", retry_timeout, TRANSIENT_ERRNOS - {errno.ESTALE})
+    except FileNotFoundError:
+        return False
+    except FilesystemError as err:
+        if err.errno == errno.ESTALE:
+            return False
+        raise
+    return True
+
+
+def remove(path: str, retry_timeout: float) -> bool:
+    """Step 3: unlink ``path``; False if it was already gone."""
+    def unlink() -> None:
+        os.unlink(path)
+    try:
+        retrying(unlink, f"remove {path}", retry_timeout, TRANSIENT_ERRNOS - {errno.ESTALE})
+    except FileNotFoundError:
+        return False
+    except FilesystemError as err:
+        if err.errno == errno.ESTALE:
+            return False
+        raise
+    return True
+
+
+def read(path: str, retry_timeout: float) -> bytes | None:
+    """The bytes of a file this process owns (claimed or taken); None if gone."""
+    def read_all() -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read()
+    try:
+        return retrying(read_all, f"read {path}", retry_timeout, TRANSIENT_ERRNOS - {errno.ESTALE})
+    except FileNotFoundError:
+        return None
+    except FilesystemError as err:
+        if err.errno == errno.ESTALE:
+            return None
+        raise
+
+
+def list_folder(path: str, retry_timeout: float) -> list[str]:
+    """Names in a folder (a hint: on a network filesystem it may be stale).
+
+    Raises FileNotFoundError if the folder is missing.
+    """
+    return retrying(lambda: os.listdir(path), f"list {path}", retry_timeout)
+
+
+def make_folder(path: str, retry_timeout: float, mode: int = 0o777) -> None:
+    """Create ``path`` if missing (another process creating it too is fine)."""
+    def mkdir() -> None:
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+    retrying(mkdir, f"create folder {path}", retry_timeout)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# --- time ------------------------------------------------------------------------
+
+class ServerClock:
+    """The file server's clock, as seen from this process.
+
+    Nodes' clocks may differ by minutes; the file server stamps a newly created
+    file with its own time, a clock every node can read. Every
+    ``refresh_seconds`` the offset between the server and this process is
+    measured by creating a probe file in ``folder`` and reading its
+    modification time. If the probe cannot be written, the local clock is used.
+    """
+
+    def __init__(self, folder: str, refresh_seconds: float = 60.0):
+        self.folder = folder
+        self.refresh_seconds = refresh_seconds
+        self._offset = 0.0
+        self._next_refresh = 0.0
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        """Seconds since the epoch on the file server's clock (estimated)."""
+        mono = time.monotonic()
+        if mono >= self._next_refresh:
+            with self._lock:
+                if mono >= self._next_refresh:
+                    self._measure()
+                    self._next_refresh = mono + self.refresh_seconds
+        return time.time() + self._offset
+
+    @property
+    def offset(self) -> float:
+        """Server clock minus local clock, in seconds."""
+        return self._offset
+
+    def _measure(self) -> None:
+        probe = os.path.join(self.folder, f".clock.{unique_token()}")
+        try:
+            before = time.time()
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"t")
+                stamped = os.fstat(fd).st_mtime
+            finally:
+                os.close(fd)
+                _unlink_quietly(probe)
+            after = time.time()
+        except OSError as err:
+            log.debug("cannot probe the server clock in %s: %s", self.folder, err)
+            return
+        # The server's timestamp granularity (often a few ms) makes offsets
+        # below a second noise; leases are whole seconds anyway.
+        offset = stamped - (before + after) / 2
+        self._offset = offset if abs(offset) >= 1.0 else 0.0
+        if self._offset:
+            log.info("file server clock is %+.1f s from this node's", self._offset)
+
+
+def lease_expiry(now: float, timeout: float) -> int:
+    """The whole epoch second at which a lease of ``timeout`` s taken at ``now`` ends."""
+    return int(math.ceil(now + timeout))
