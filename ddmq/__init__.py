@@ -13,6 +13,8 @@ the API::
     b.ack(msg)
 """
 
+import logging
+
 from .broker import Broker, broker
 from .errors import (DdmqError, FilesystemError, InvalidMessageError, InvalidNameError,
                      LeaseLostError, MessageNotFoundError, QueueNotFoundError, RootError,
@@ -20,6 +22,9 @@ from .errors import (DdmqError, FilesystemError, InvalidMessageError, InvalidNam
 from .message import Message, message
 
 __version__ = "1.0.0"
+
+# A library logs; the application decides where that goes.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Broker", "broker", "Message", "message", "__version__",

@@ -593,6 +593,24 @@ class Broker:
         msg.filename, msg.expiry = new, expiry
         return msg
 
+    def reject(self, msg: Message, reason: str = "rejected") -> str:
+        """Move a consumed message to the queue's dead letters (``dead/``), for a
+        person to inspect, instead of requeueing or deleting it. ``reason`` is
+        one of ``DEAD_REASONS``. Returns the dead letter's name; raises
+        LeaseLostError if the lease was already lost."""
+        if reason not in DEAD_REASONS:
+            raise ValueError(f"reason must be one of {DEAD_REASONS}, not {reason!r}")
+        queue, (name,) = self._targets(msg, None)
+        folder = self._queue_dir(queue)
+        retry = self._retry_timeout(queue)
+        waiting = name.partition(".")[2]
+        private = self._take(folder, os.path.join(folder, WORK, name), waiting, retry)
+        if private is None:
+            raise LeaseLostError(f"lease lost for {name} in {queue}", [name])
+        self._dead_letter(folder, private, reason, waiting, retry)
+        log.warning("dead-lettered %s of %s: %s", waiting, queue, reason)
+        return f"{reason}.{waiting}"
+
     # --- requeue and dead letters ---------------------------------------------------
 
     def _take(self, folder: str, path: str, waiting: str, retry: float) -> str | None:
