@@ -1,0 +1,474 @@
+"""The broker's contract in one process: ordering, leases, requeue, dead letters, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+import ddmq
+from ddmq import protocol
+from conftest import expire, tree
+
+
+def drain(broker, queue="q"):
+    out = []
+    while (msg := broker.consume(queue)) is not None:
+        out.append(msg.message)
+        broker.ack(msg)
+    return out
+
+
+# --- root and queues -------------------------------------------------------------------
+
+def test_root_missing_and_uninitiated(tmp_path):
+    with pytest.raises(ddmq.RootMissingError):
+        ddmq.broker(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ddmq.RootUninitiatedError):
+        ddmq.broker(tmp_path / "empty")
+    assert not os.listdir(tmp_path / "empty")
+
+
+def test_created_root_is_private(tmp_path):
+    ddmq.broker(tmp_path / "r", create=True)
+    assert stat.S_IMODE(os.stat(tmp_path / "r").st_mode) == 0o700
+    assert (tmp_path / "r" / "ddmq.yaml").is_file()
+
+
+def test_seed_python_example_runs_unchanged(tmp_path):
+    b = ddmq.broker(str(tmp_path / "ddmq"), create=True)
+    b.publish(queue="queue_name", msg_text="Hello World!")
+    msg = b.consume(queue="queue_name")
+    assert msg.message == "Hello World!"
+    assert b.ack(msg) == [msg.filename]
+
+
+def test_create_list_delete_queue(root):
+    b = ddmq.broker(root)
+    assert b.list_queues() == []
+    assert b.create_queue("b") and b.create_queue("a") and b.create_queue("a")
+    assert b.list_queues() == ["a", "b"]
+    b.publish("a", "x")
+    b.consume("b")  # an empty queue is fine
+    assert b.delete_queue("a")
+    assert b.list_queues() == ["b"]
+    with pytest.raises(ddmq.QueueNotFoundError):
+        b.delete_queue("a")
+
+
+def test_delete_queue_refuses_foreign_files(b):
+    foreign = os.path.join(b.root, "q", "notes.txt")
+    open(foreign, "w").close()
+    with pytest.raises(ddmq.FilesystemError):
+        b.delete_queue("q")
+    assert os.path.exists(foreign) and b.queue_exists("q")
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "a b", "q\x00", "é", "/abs", "a.b", 5, None])
+def test_invalid_queue_names_never_touch_disk(root, name):
+    b = ddmq.broker(root, create=True)
+    before = tree(os.path.dirname(root))
+    for call in (lambda: b.create_queue(name), lambda: b.publish(name, "x"),
+                 lambda: b.consume(name), lambda: b.purge_queue(name), lambda: b.delete_queue(name),
+                 lambda: b.clean(name)):
+        with pytest.raises(ddmq.InvalidNameError):
+            call()
+    assert tree(os.path.dirname(root)) == before
+
+
+def test_missing_queue(root):
+    b = ddmq.broker(root)
+    for call in (lambda: b.publish("nope", "x"), lambda: b.consume("nope"),
+                 lambda: b.purge_queue("nope"), lambda: b.clean("nope"),
+                 lambda: b.get_message_list("nope")):
+        with pytest.raises(ddmq.QueueNotFoundError):
+            call()
+    assert ddmq.broker(root, create=True).publish("made", "x").queue == "made"
+
+
+def test_message_paths_cannot_escape_root(b, tmp_path):
+    outside = tmp_path / "999.1.ddmqabc"
+    outside.write_text("{}")
+    with pytest.raises(ddmq.InvalidNameError):
+        b.delete_message(str(outside))
+    with pytest.raises(ddmq.InvalidNameError):
+        b.delete_message("../999.1.ddmqabc")
+    with pytest.raises(ddmq.InvalidNameError):
+        b.consume("q", path="../../999.1.ddmqabc")
+    assert outside.exists()
+
+
+# --- ordering ------------------------------------------------------------------------
+
+def test_priorities_compare_as_numbers_and_zero_is_highest(b):
+    for prio in (1000, 10, 9, 0, 999):
+        b.publish("q", f"p{prio}", priority=prio)
+    assert drain(b) == ["p0", "p9", "p10", "p999", "p1000"]
+
+
+def test_fifo_within_priority(b):
+    for i in range(300):
+        b.publish("q", i, priority=5 if i % 2 else 7)
+    got = drain(b)
+    assert got == [i for i in range(300) if i % 2] + [i for i in range(300) if not i % 2]
+
+
+def test_fifo_across_brokers_of_one_process(root):
+    pub, con = ddmq.broker(root, create=True), ddmq.broker(root)
+    for i in range(50):
+        pub.publish("q", i)
+    assert [con.consume("q").message for _ in range(50)] == list(range(50))
+
+
+def test_messages_published_elsewhere_are_seen(root):
+    a, c = ddmq.broker(root, create=True), ddmq.broker(root)
+    a.create_queue("q")
+    assert c.consume("q") is None
+    a.publish("q", "late")
+    assert c.consume("q", wait=5).message == "late"
+
+
+def test_falsy_payloads_round_trip(b):
+    for value in (0, False, [], {}, "", None):
+        b.publish("q", value)
+    assert drain(b) == [0, False, [], {}, "", ""]
+
+
+def test_consume_n_and_path(b):
+    msgs = [b.publish("q", i) for i in range(5)]
+    got = b.consume("q", n=3)
+    assert [m.message for m in got] == [0, 1, 2]
+    assert b.consume("q", path=msgs[4].filename).message == 4
+    assert b.consume("q", path=msgs[4].filename) is None
+    assert b.consume("q", n=5) and b.consume("q", n=5) == []
+
+
+def test_blocking_consume_times_out(b):
+    started = time.monotonic()
+    assert b.consume("q", wait=0.3) is None
+    assert time.monotonic() - started >= 0.3
+
+
+# --- ack, nack, leases -----------------------------------------------------------------
+
+def test_consumed_message_is_leased_in_work(b):
+    b.publish("q", "x", timeout=30)
+    msg = b.consume("q")
+    waiting, work = b.get_message_list("q")
+    assert waiting == [] and work == [msg.filename]
+    assert abs(msg.expiry - (b.clock.now() + 30)) <= 2
+    b.ack(msg)
+    assert b.get_message_list("q") == ([], [])
+
+
+def test_ack_of_lost_lease_raises(b):
+    b.publish("q", "x")
+    msg = b.consume("q")
+    b.ack(msg)
+    with pytest.raises(ddmq.LeaseLostError) as caught:
+        b.ack(msg)
+    assert caught.value.missing == [msg.filename]
+
+
+def test_ack_never_requeues(b):
+    b.publish("q", "x", requeue=True)
+    b.ack(b.consume("q"))
+    assert b.get_message_list("q") == ([], [])
+
+
+def test_default_nack_requeues_with_counter_and_requeue_prio(b):
+    b.publish("q", "low", priority=50)
+    b.publish("q", "x", priority=10)
+    msg = b.consume("q")
+    b.nack(msg)
+    again = b.consume("q")
+    assert (again.message, again.requeue_counter, again.priority, again.id) == ("x", 1, 0, msg.id)
+    b.update_settings_file("q", {"requeue_prio": 7})
+    b.nack(again)
+    assert b.consume("q").priority == 7
+
+
+def test_nack_false_drops_and_requeue_false_message(b):
+    b.publish("q", "x")
+    b.nack(b.consume("q"), requeue=False)
+    b.publish("q", "y", requeue=False)
+    b.nack(b.consume("q"))
+    assert b.get_message_list("q") == ([], []) and b.list_dead("q") == []
+
+
+def test_nack_past_requeue_limit_dead_letters(b):
+    b.publish("q", "poison", requeue_limit=2)
+    for _ in range(3):
+        b.nack(b.consume("q"))
+    assert b.consume("q") is None
+    (dead,) = b.list_dead("q")
+    assert dead.startswith("requeue_limit.")
+
+
+def test_extend_lease(b):
+    b.publish("q", "x", timeout=5)
+    msg = b.consume("q")
+    old = msg.filename
+    b.extend_lease(msg, 100)
+    assert msg.filename != old and msg.expiry >= b.clock.now() + 98
+    assert b.get_message_list("q")[1] == [msg.filename]
+    b.ack(msg)
+    with pytest.raises(ddmq.LeaseLostError):
+        b.extend_lease(msg, 100)
+
+
+def test_expired_lease_is_requeued_by_clean(b):
+    b.publish("q", "x")
+    msg = b.consume("q")
+    expire(b, "q", msg.filename)
+    assert b.clean("q", force=True)
+    again = b.consume("q")
+    assert again.message == "x" and again.requeue_counter == 1
+    with pytest.raises(ddmq.LeaseLostError):
+        b.ack(msg)
+    b.ack(again)
+
+
+def test_unexpired_lease_is_left_alone(b):
+    b.publish("q", "x")
+    msg = b.consume("q")
+    b.clean("q", force=True)
+    assert b.get_message_list("q")[1] == [msg.filename]
+
+
+def test_expired_past_limit_or_without_requeue_is_dead_lettered_not_deleted(b):
+    b.publish("q", "limited", requeue_limit=0)
+    b.publish("q", "norequeue", requeue=False)
+    for msg in b.consume("q", n=2):
+        expire(b, "q", msg.filename)
+    b.clean("q", force=True)
+    assert sorted(d.split(".")[0] for d in b.list_dead("q")) == ["expired", "requeue_limit"]
+    assert b.get_message_list("q") == ([], [])
+    dead = b.list_dead("q")
+    assert sorted(b.requeue_dead("q")) == dead and b.list_dead("q") == []
+    assert sorted(drain(b)) == ["limited", "norequeue"]
+
+
+def test_automatic_housekeeping_is_rate_limited(b):
+    b.update_settings_file("q", {"clean_interval": 3600})
+    b.publish("q", "x")
+    b.clean("q", force=True)
+    msg = b.consume("q")
+    expired = expire(b, "q", msg.filename)
+    b.publish("q", "y")  # within clean_interval: no housekeeping
+    assert b.get_message_list("q")[1] == [expired]
+    assert not b.clean("q")
+    assert b.clean("q", force=True)
+    assert b.get_message_list("q")[1] == []
+
+
+def test_abandoned_requeue_is_finished_by_housekeeping(b):
+    """A housekeeper killed between taking a message and republishing it."""
+    b.publish("q", "x")
+    msg = b.consume("q")
+    waiting = msg.filename.partition(".")[2]
+    old = int(b.clock.now()) - 1000
+    private = os.path.join(b.root, "q", "tmp", f"requeue.{old}.deadhost.1.abc.1.{waiting}")
+    os.rename(os.path.join(b.root, "q", "work", msg.filename), private)
+    assert b.consume("q") is None
+    b.clean("q", force=True)
+    assert drain(b) == ["x"]
+    assert os.listdir(os.path.join(b.root, "q", "tmp")) == []
+
+
+def test_stale_temp_files_of_dead_publishers_are_removed(b):
+    tmp = os.path.join(b.root, "q", "tmp")
+    partial = os.path.join(tmp, "host.1.abc.1")
+    with open(partial, "w") as handle:
+        handle.write('{"message": "half')
+    fresh = os.path.join(tmp, "host.1.abc.2")
+    open(fresh, "w").close()
+    old = time.time() - 2 * 3600
+    os.utime(partial, (old, old))
+    b.clean("q", force=True)
+    assert os.listdir(tmp) == ["host.1.abc.2"]
+    assert b.consume("q") is None
+
+
+# --- poison and garbage ----------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"", b'{"message": "half', b"\x00\xff\xfe", b"[1, 2]",
+                                     b'"text"', b'{"priority": "high"}', b'{"requeue_counter": -1}'])
+def test_unparseable_message_is_dead_lettered_and_never_blocks(b, content):
+    with open(os.path.join(b.root, "q", "0.1.ddmqbad"), "wb") as handle:
+        handle.write(content)
+    b.publish("q", "good")
+    assert drain(b) == ["good"]
+    assert b.list_dead("q") == ["unparseable.0.1.ddmqbad"]
+    with open(os.path.join(b.root, "q", "dead", "unparseable.0.1.ddmqbad"), "rb") as handle:
+        assert handle.read() == content
+
+
+def test_foreign_files_are_ignored(b):
+    for name in ("notes.txt", ".hidden", "999.x.ddmqabc", "1.2.3", "README"):
+        open(os.path.join(b.root, "q", name), "w").close()
+    open(os.path.join(b.root, "q", "work", "junk"), "w").close()
+    b.publish("q", "x")
+    assert len(b.get_message_list("q")[0]) == 1
+    assert drain(b) == ["x"]
+    b.clean("q", force=True)
+    assert os.path.exists(os.path.join(b.root, "q", "work", "junk"))
+
+
+def test_requeue_dead_by_name(b):
+    b.publish("q", "x")
+    name = b.reject(b.consume("q"))
+    assert b.list_dead("q") == [name]
+    assert b.requeue_dead("q", [name]) == [name]
+    with pytest.raises(ddmq.MessageNotFoundError):
+        b.requeue_dead("q", [name])
+    with pytest.raises(ddmq.InvalidNameError):
+        b.requeue_dead("q", ["../../etc"])
+    assert drain(b) == ["x"]
+
+
+# --- purge, delete, inspect -------------------------------------------------------------
+
+def test_purge_and_delete_message(b):
+    for i in range(4):
+        b.publish("q", i)
+    first = b.consume("q")
+    second = b.publish("q", "other")
+    assert b.delete_message(second)
+    with pytest.raises(ddmq.MessageNotFoundError):
+        b.delete_message(second)
+    assert b.delete_message(os.path.join("q", "work", first.filename))
+    assert b.purge_queue("q") == (3, 0)
+    b.publish("q", 1)
+    b.consume("q")
+    assert b.purge_queue("q") == (0, 1)
+
+
+def test_message_file_format_matches_the_original(b):
+    msg = b.publish("q", "msg", priority=3)
+    with open(os.path.join(b.root, "q", msg.filename)) as handle:
+        data = json.load(handle)
+    assert {"priority", "queue_number", "requeue_counter", "filename", "queue", "requeue_limit",
+            "timeout", "message", "requeue", "id"} <= set(data)
+    assert data["priority"] == 3 and data["message"] == "msg" and data["queue"] == "q"
+    assert msg.filename == f"3.{msg.queue_number}.ddmq{msg.id}" == data["filename"]
+
+
+def test_bad_publish_arguments(b):
+    before = tree(b.root)
+    for kwargs in ({"priority": -1}, {"priority": "1"}, {"priority": 1.5}, {"timeout": 0},
+                   {"requeue_limit": -1}, {"requeue": "yes"}, {"msg_text": object()}):
+        with pytest.raises(ddmq.InvalidMessageError):
+            b.publish("q", **{"msg_text": "x", **kwargs})
+    assert tree(b.root) == before
+    with pytest.raises(ValueError):
+        b.consume("q", n=-1)
+    with pytest.raises(ddmq.InvalidNameError):
+        b.ack("q", ["not-a-work-file"])
+
+
+# --- filesystem errors ------------------------------------------------------------------
+
+def test_transient_errors_are_retried_then_raised():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return "ok"
+    assert protocol.retrying(flaky, "test", retry_timeout=5) == "ok" and len(calls) == 3
+
+    def broken():
+        raise OSError(errno.EIO, "Input/output error", "/x")
+    started = time.monotonic()
+    with pytest.raises(ddmq.FilesystemError) as caught:
+        protocol.retrying(broken, "read /x", retry_timeout=0.3)
+    assert caught.value.errno == errno.EIO and time.monotonic() - started < 5
+    assert isinstance(caught.value, OSError)
+
+
+def run_as_unprivileged(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` so that folder permissions apply to it: as root,
+    without the capabilities that override them (setpriv)."""
+    command = [sys.executable, "-c", code, *args]
+    if os.geteuid() == 0:
+        drop = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *command]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(ddmq.__file__)))
+    return subprocess.run(command, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": repo})
+
+
+def test_folder_without_permission_gives_filesystem_error(b):
+    tmp = os.path.join(b.root, "q", "tmp")
+    os.chmod(tmp, 0o555)
+    try:
+        out = run_as_unprivileged(
+            "import ddmq, sys\n"
+            "try:\n    ddmq.broker(sys.argv[1]).publish('q', 'x')\n"
+            "except ddmq.FilesystemError as e:\n    print(type(e).__name__, e.errno, e)\n", b.root)
+    finally:
+        os.chmod(tmp, 0o755)
+    assert out.stdout.split()[:2] == ["FilesystemError", str(errno.EACCES)], out.stderr
+    assert "Permission denied" in out.stdout
+    assert b.get_message_list("q") == ([], [])
+    b.publish("q", "works again")
+    assert drain(b) == ["works again"]
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: str, size: str):
+    os.makedirs(path)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], check=True)
+
+
+def test_full_filesystem_gives_clear_error_and_recovers(tmp_path):
+    """A real, small tmpfs filled up: publish fails cleanly, nothing partial is
+    visible, and the queue works again once there is space."""
+    with mounted_tmpfs(str(tmp_path / "small"), "200k") as mount:
+        b = ddmq.broker(os.path.join(mount, "r"), create=True)
+        b.create_queue("q")
+        big = "x" * 20_000
+        published = []
+        with pytest.raises(ddmq.FilesystemError) as caught:
+            for _ in range(100):
+                published.append(b.publish("q", big, clean=False))
+        assert caught.value.errno == errno.ENOSPC and "No space" in str(caught.value)
+        assert os.listdir(os.path.join(b.root, "q", "tmp")) == []
+        waiting, _ = b.get_message_list("q")
+        assert sorted(waiting) == sorted(m.filename for m in published)
+        assert all(len(b.consume("q").message) == len(big) for _ in published[:3])
+        b.purge_queue("q")
+        b.publish("q", "works again")
+        assert drain(b) == ["works again"]
+
+
+def test_read_only_filesystem_gives_clear_error(tmp_path):
+    with mounted_tmpfs(str(tmp_path / "ro"), "1m") as mount:
+        b = ddmq.broker(os.path.join(mount, "r"), create=True)
+        b.create_queue("q")
+        b.publish("q", "kept")
+        subprocess.run(["mount", "-o", "remount,ro", mount], check=True)
+        with pytest.raises(ddmq.FilesystemError) as caught:
+            b.publish("q", "x")
+        assert caught.value.errno == errno.EROFS
+        with pytest.raises(ddmq.FilesystemError):
+            b.consume("q")
+        subprocess.run(["mount", "-o", "remount,rw", mount], check=True)
+        assert drain(b) == ["kept"]
