@@ -617,9 +617,19 @@ class Broker:
         """Protocol step 4a: rename a work (or abandoned) file to a private name."""
         private = os.path.join(folder, TMP, f"{REQUEUE_PREFIX}{int(self.clock.now())}."
                                f"{protocol.unique_token()}.{waiting}")
-        if protocol.move(path, private, retry):
-            return private
-        return None
+        return private if self._move_into(path, private, retry) else None
+
+    @staticmethod
+    def _move_into(path: str, target: str, retry: float) -> bool:
+        """protocol.move, creating the target's folder (``tmp/``, ``dead/``) if
+        missing: queues made by ddmq 0.9 have neither."""
+        if protocol.move(path, target, retry):
+            return True
+        folder = os.path.dirname(target)
+        if os.path.isdir(folder):
+            return False
+        protocol.make_folder(folder, retry)
+        return protocol.move(path, target, retry)
 
     def _requeue_taken(self, queue: str, folder: str, private: str, requeue: bool | None,
                        drop_when_not_requeued: bool) -> str:
@@ -663,11 +673,7 @@ class Broker:
         return "requeued"
 
     def _dead_letter(self, folder: str, path: str, reason: str, waiting: str, retry: float) -> None:
-        dead = os.path.join(folder, DEAD)
-        target = os.path.join(dead, f"{reason}.{waiting}")
-        if not protocol.move(path, target, retry) and not os.path.isdir(dead):
-            protocol.make_folder(dead, retry)  # a queue made by ddmq 0.9 has no dead/
-            protocol.move(path, target, retry)
+        self._move_into(path, os.path.join(folder, DEAD, f"{reason}.{waiting}"), retry)
 
     def list_dead(self, queue: str) -> list[str]:
         """Names of the dead letters of ``queue`` (``REASON.PRIO.NUMBER.ddmqID``), sorted."""
