@@ -152,6 +152,7 @@ class Broker:
         self._settings = SettingsCache(self.root)
         self.clock = protocol.ServerClock(self.root)
         self._lock = threading.Lock()
+        self._folders: dict[str, str] = {}
         self._candidates: dict[str, _Candidates] = {}
         self._next_clean: dict[str, float] = {}
         self._watcher = FolderWatcher()
@@ -176,14 +177,20 @@ class Broker:
     # --- paths and settings -------------------------------------------------------
 
     def _queue_dir(self, queue: str) -> str:
-        return os.path.join(self.root, check_queue_name(queue))
+        """The folder of ``queue``; InvalidNameError if the name is not valid."""
+        try:
+            return self._folders[queue]
+        except (KeyError, TypeError):
+            folder = os.path.join(self.root, check_queue_name(queue))
+            self._folders[queue] = folder
+            return folder
 
     def get_settings(self, queue: str = "") -> dict[str, Any]:
         """The effective settings of ``queue`` (or of the root when empty):
         defaults, overridden by the root's ``ddmq.yaml``, then the queue's."""
         if queue:
             check_queue_name(queue)
-        return self._settings.effective(queue)
+        return dict(self._settings.effective(queue))
 
     def get_config_file(self, queue: str = "") -> dict[str, Any]:
         """Only what the ``ddmq.yaml`` of ``queue`` (or of the root) itself says."""
@@ -328,7 +335,7 @@ class Broker:
         if priority is None:
             priority = settings["priority"]
         msg = Message(queue=queue, message="" if msg_text is None else msg_text,
-                      timeout=timeout, id=uuid.uuid4().hex, priority=priority,
+                      timeout=timeout, id=os.urandom(16).hex(), priority=priority,
                       queue_number=next_queue_number(), requeue=requeue,
                       requeue_limit=requeue_limit, requeue_prio=requeue_prio)
         msg.filename = f"{priority}.{msg.queue_number}.ddmq{msg.id}"
@@ -341,8 +348,8 @@ class Broker:
 
     def _write_waiting(self, queue: str, folder: str, msg: Message, settings: dict[str, Any]) -> None:
         data = msg.to_json().encode("utf-8")
-        final = os.path.join(folder, msg.filename)
-        tmp = os.path.join(folder, TMP)
+        final = f"{folder}{os.sep}{msg.filename}"
+        tmp = f"{folder}{os.sep}{TMP}"
         for attempt in range(3):
             try:
                 protocol.write_new_file(tmp, final, data, settings["fsync"], settings["retry_timeout"])
@@ -456,8 +463,8 @@ class Broker:
         retry = settings["retry_timeout"]
         expiry = protocol.lease_expiry(self.clock.now(), timeout)
         work_name = f"{expiry}.{name}"
-        work_path = os.path.join(folder, WORK, work_name)
-        if not protocol.move(os.path.join(folder, name), work_path, retry):
+        work_path = f"{folder}{os.sep}{WORK}{os.sep}{work_name}"
+        if not protocol.move(f"{folder}{os.sep}{name}", work_path, retry):
             return None
         msg = self._read_claimed(queue, folder, work_name, retry)
         if msg is None:
@@ -471,7 +478,7 @@ class Broker:
         return msg
 
     def _read_claimed(self, queue: str, folder: str, work_name: str, retry: float) -> Message | None:
-        work_path = os.path.join(folder, WORK, work_name)
+        work_path = f"{folder}{os.sep}{WORK}{os.sep}{work_name}"
         for attempt in range(3):
             data = protocol.read(work_path, retry)
             if data is None:
@@ -512,7 +519,7 @@ class Broker:
         if isinstance(queue, Message):
             msg_files = [queue.filename] if msg_files is None else msg_files
             queue = queue.queue
-        check_queue_name(queue)
+        self._queue_dir(queue)
         if msg_files is None or msg_files == [] or msg_files == "":
             raise ValueError("no message files given")
         names = [msg_files] if isinstance(msg_files, str) else list(msg_files)
@@ -533,8 +540,9 @@ class Broker:
         folder = self._queue_dir(queue)
         retry = self._retry_timeout(queue)
         acked, missing = [], []
+        work = f"{folder}{os.sep}{WORK}{os.sep}"
         for name in names:
-            (acked if protocol.remove(os.path.join(folder, WORK, name), retry) else missing).append(name)
+            (acked if protocol.remove(work + name, retry) else missing).append(name)
         if clean:
             self._maybe_clean(queue)
         if missing:

@@ -38,8 +38,6 @@ from .errors import InvalidMessageError
 FIELDS = ("message", "queue", "id", "priority", "queue_number", "filename", "requeue",
           "requeue_prio", "requeue_counter", "requeue_limit", "timeout")
 
-_WAITING = re.compile(r"^(\d+)\.(\d+)\.ddmq([A-Za-z0-9]+)$")
-_WORK = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.ddmq([A-Za-z0-9]+)$")
 _DEAD = re.compile(r"^([a-z_]+)\.(\d+\.\d+\.ddmq[A-Za-z0-9]+)$")
 
 #: Why a message was dead-lettered; the first field of its name in ``dead/``.
@@ -55,19 +53,18 @@ class WaitingName(NamedTuple):
 def parse_waiting_name(name: str) -> WaitingName | None:
     """``PRIO.QNUM.ddmqID`` -> its numbers, or None for any other name."""
     parts = name.split(".")
-    if (len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit()
-            and parts[2].startswith("ddmq") and _WAITING.match(name)):
+    if (len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and name.isascii()
+            and parts[2].startswith("ddmq") and parts[2][4:].isalnum()):
         return WaitingName(int(parts[0]), int(parts[1]), name)
     return None
 
 
 def parse_work_name(name: str) -> tuple[int, str] | None:
     """``EXPIRY.PRIO.QNUM.ddmqID`` -> (expiry, waiting name), or None."""
-    match = _WORK.match(name)
-    if match is None:
-        return None
     expiry, _, rest = name.partition(".")
-    return int(expiry), rest
+    if expiry.isascii() and expiry.isdigit() and parse_waiting_name(rest) is not None:
+        return int(expiry), rest
+    return None
 
 
 def parse_dead_name(name: str) -> tuple[str, str] | None:
@@ -78,7 +75,7 @@ def parse_dead_name(name: str) -> tuple[str, str] | None:
 
 def is_message_name(name: str) -> bool:
     """True for the name of a waiting or at-work message file."""
-    return bool(_WAITING.match(name) or _WORK.match(name))
+    return parse_waiting_name(name) is not None or parse_work_name(name) is not None
 
 
 _counter_lock = threading.Lock()
@@ -130,7 +127,7 @@ class Message:
     def to_json(self) -> str:
         """The text of the message's file."""
         try:
-            return json.dumps(self.to_dict(), separators=(", ", ": "))
+            return json.dumps(self.to_dict())
         except (TypeError, ValueError) as err:
             raise InvalidMessageError(f"message text is not JSON-serialisable: {err}") from None
 

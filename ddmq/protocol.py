@@ -140,18 +140,22 @@ def write_new_file(tmp_dir: str, final_path: str, data: bytes, fsync: bool,
                    retry_timeout: float) -> None:
     """Step 1: make ``final_path`` appear with ``data``, all at once.
 
-    Raises FileNotFoundError if ``tmp_dir`` or the destination folder is missing.
+    Raises FileNotFoundError if ``tmp_dir`` or the destination folder is
+    missing, FilesystemError for other failures (after retrying transient ones).
+    Leaves no temporary file behind when it fails.
     """
     temp = ""
 
     def write() -> None:
         nonlocal temp
-        temp = os.path.join(tmp_dir, unique_token())  # a fresh name for every attempt
+        temp = f"{tmp_dir}{os.sep}{unique_token()}"  # a fresh name for every attempt
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            written = os.write(fd, data)
+            if written < len(data):
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(fd, view):]
             if fsync:
                 os.fsync(fd)
         except BaseException:
@@ -160,13 +164,24 @@ def write_new_file(tmp_dir: str, final_path: str, data: bytes, fsync: bool,
             raise
         os.close(fd)
 
-    def rename() -> None:
-        os.rename(temp, final_path)
-
-    retrying(write, f"write a message file in {tmp_dir}", retry_timeout,
-             TRANSIENT_ERRNOS - {errno.ESTALE})
     try:
-        retrying(rename, f"publish {final_path}", retry_timeout)
+        write()
+    except FileNotFoundError:
+        raise
+    except OSError:
+        retrying(write, f"write a message file in {tmp_dir}", retry_timeout,
+                 TRANSIENT_ERRNOS - {errno.ESTALE})
+    try:
+        os.rename(temp, final_path)
+    except FileNotFoundError:
+        _unlink_quietly(temp)
+        raise
+    except OSError:
+        try:
+            retrying(lambda: os.rename(temp, final_path), f"publish {final_path}", retry_timeout)
+        except BaseException:
+            _unlink_quietly(temp)
+            raise
     except BaseException:
         _unlink_quietly(temp)
         raise
@@ -196,47 +211,56 @@ def move(src: str, dst: str, retry_timeout: float) -> bool:
     ``ENOENT`` may hide our own earlier success; the file then waits in
     ``dst`` until its lease expires, so it is delayed, not lost.
     """
-    def rename() -> None:
-        os.rename(src, dst)
     try:
-        retrying(rename, f"rename {src}", retry_timeout, TRANSIENT_ERRNOS - {errno.ESTALE})
+        os.rename(src, dst)
+        return True
+    except OSError as err:
+        if err.errno in GONE_ERRNOS:
+            return False
+    return _slow(lambda: os.rename(src, dst), f"rename {src}", retry_timeout) is not _GONE
+
+
+_GONE = object()
+
+
+def _slow(op: Callable[[], T], action: str, retry_timeout: float) -> T | object:
+    """The retrying path of an operation whose first try failed: ``_GONE`` if
+    the file turns out to be gone, else what ``op`` returns."""
+    try:
+        return retrying(op, action, retry_timeout, TRANSIENT_ERRNOS - {errno.ESTALE})
     except FileNotFoundError:
-        return False
+        return _GONE
     except FilesystemError as err:
         if err.errno == errno.ESTALE:
-            return False
+            return _GONE
         raise
-    return True
 
 
 def remove(path: str, retry_timeout: float) -> bool:
     """Step 3: unlink ``path``; False if it was already gone."""
-    def unlink() -> None:
-        os.unlink(path)
     try:
-        retrying(unlink, f"remove {path}", retry_timeout, TRANSIENT_ERRNOS - {errno.ESTALE})
-    except FileNotFoundError:
-        return False
-    except FilesystemError as err:
-        if err.errno == errno.ESTALE:
+        os.unlink(path)
+        return True
+    except OSError as err:
+        if err.errno in GONE_ERRNOS:
             return False
-        raise
-    return True
+    return _slow(lambda: os.unlink(path), f"remove {path}", retry_timeout) is not _GONE
+
+
+def _read_all(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def read(path: str, retry_timeout: float) -> bytes | None:
     """The bytes of a file this process owns (claimed or taken); None if gone."""
-    def read_all() -> bytes:
-        with open(path, "rb") as handle:
-            return handle.read()
     try:
-        return retrying(read_all, f"read {path}", retry_timeout, TRANSIENT_ERRNOS - {errno.ESTALE})
-    except FileNotFoundError:
-        return None
-    except FilesystemError as err:
-        if err.errno == errno.ESTALE:
+        return _read_all(path)
+    except OSError as err:
+        if err.errno in GONE_ERRNOS:
             return None
-        raise
+    data = _slow(lambda: _read_all(path), f"read {path}", retry_timeout)
+    return None if data is _GONE else data  # type: ignore[return-value]
 
 
 def list_folder(path: str, retry_timeout: float) -> list[str]:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "ddmq.yaml"
 RECHECK_SECONDS = 1.0
+_EMPTY: dict[str, Any] = {}
 
 #: Every key ddmq understands, with its default. The first five are the
 #: original ddmq's keys; the rest are ddmq 1.x additions.
@@ -120,6 +121,8 @@ class SettingsCache:
         self._lock = threading.Lock()
         # folder -> (next check time, stat signature, parsed values)
         self._files: dict[str, tuple[float, tuple | None, dict[str, Any]]] = {}
+        # queue -> (next check, root values, queue values, merged)
+        self._merged: dict[str, tuple[float, dict, dict, dict[str, Any]]] = {}
 
     def file_values(self, folder: str) -> dict[str, Any]:
         """Settings written in ``folder``'s ``ddmq.yaml`` (re-read if changed)."""
@@ -137,7 +140,7 @@ class SettingsCache:
         if cached is not None and cached[1] == signature:
             values = cached[2]
         elif signature is None:
-            values = {}
+            values = _EMPTY
         else:
             try:
                 with open(path, encoding="utf-8") as handle:
@@ -152,11 +155,22 @@ class SettingsCache:
         return values
 
     def effective(self, queue: str = "") -> dict[str, Any]:
-        """Defaults, overridden by the root's file, then by ``queue``'s file."""
-        merged = dict(DEFAULTS)
-        merged.update(self.file_values(self.root))
-        if queue:
-            merged.update(self.file_values(os.path.join(self.root, queue)))
+        """Defaults, overridden by the root's file, then by ``queue``'s file.
+
+        The merged dict is shared until a file changes: do not modify it."""
+        now = time.monotonic()
+        cached = self._merged.get(queue)
+        if cached is not None and now < cached[0]:
+            return cached[3]
+        root_values = self.file_values(self.root)
+        queue_values = self.file_values(os.path.join(self.root, queue)) if queue else _EMPTY
+        if cached is not None and cached[1] is root_values and cached[2] is queue_values:
+            merged = cached[3]
+        else:
+            merged = dict(DEFAULTS)
+            merged.update(root_values)
+            merged.update(queue_values)
+        self._merged[queue] = (now + RECHECK_SECONDS, root_values, queue_values, merged)
         return merged
 
     def forget(self, folder: str | None = None) -> None:
@@ -166,3 +180,4 @@ class SettingsCache:
                 self._files.clear()
             else:
                 self._files.pop(folder, None)
+            self._merged.clear()
