@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 #: A requeue taken privately but not finished after this many seconds is
 #: assumed abandoned (its process died) and is finished by housekeeping.
-REQUEUE_STALE_SECONDS = 300
+REQUEUE_STALE_SECONDS = 60
 #: Temporary files of publishes older than this are remains of dead publishers.
 TMP_MAX_AGE_SECONDS = 3600
 #: After this many lost races in a row, the cached listing is stale: list again.

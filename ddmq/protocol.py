@@ -291,6 +291,10 @@ def _unlink_quietly(path: str) -> None:
 
 # --- time ------------------------------------------------------------------------
 
+#: A clock probe slower than this bounds the offset too loosely to be used.
+MAX_PROBE_SECONDS = 0.5
+
+
 class ServerClock:
     """The file server's clock, as seen from this process.
 
@@ -314,8 +318,8 @@ class ServerClock:
         if mono >= self._next_refresh:
             with self._lock:
                 if mono >= self._next_refresh:
-                    self._measure()
                     self._next_refresh = mono + self.refresh_seconds
+                    self._measure()
         return time.time() + self._offset
 
     @property
@@ -337,6 +341,12 @@ class ServerClock:
             after = time.time()
         except OSError as err:
             log.debug("cannot probe the server clock in %s: %s", self.folder, err)
+            return
+        if after - before > MAX_PROBE_SECONDS:
+            # The stamp lies somewhere in [before, after]: too wide to trust.
+            # Keep the last offset and try again soon.
+            log.debug("clock probe took %.2f s; ignored", after - before)
+            self._next_refresh = time.monotonic() + 1.0
             return
         # The server's timestamp granularity (often a few ms) makes offsets
         # below a second noise; leases are whole seconds anyway.
