@@ -40,6 +40,8 @@ FIELDS = ("message", "queue", "id", "priority", "queue_number", "filename", "req
 
 _DEAD = re.compile(r"^([a-z_]+)\.(\d+\.\d+\.ddmq[A-Za-z0-9]+)$")
 
+_WHOLE_NUMBERS = ("priority", "requeue_counter", "requeue_limit", "requeue_prio", "timeout")
+
 #: Why a message was dead-lettered; the first field of its name in ``dead/``.
 DEAD_REASONS = ("unparseable", "requeue_limit", "expired", "rejected")
 
@@ -140,27 +142,30 @@ class Message:
         """
         if not isinstance(data, dict):
             raise InvalidMessageError(f"a message file holds a JSON object, not {type(data).__name__}")
-        msg = cls()
-        for field in FIELDS:
-            if field in data:
-                setattr(msg, field, data[field])
-        if type(msg.requeue) is int:
-            msg.requeue, msg.requeue_prio = True, msg.requeue
-        if msg.requeue_counter is None:
-            msg.requeue_counter = 0
-        for field in ("priority", "requeue_counter", "requeue_limit", "requeue_prio", "timeout"):
+        get = data.get
+        requeue, requeue_prio = get("requeue"), get("requeue_prio")
+        if type(requeue) is int:
+            requeue, requeue_prio = True, requeue
+        counter = get("requeue_counter")
+        msg = cls(queue=get("queue"), message=get("message"), timeout=get("timeout"), id=get("id"),
+                  priority=get("priority"), queue_number=get("queue_number"),
+                  filename=get("filename"), requeue=requeue,
+                  requeue_counter=0 if counter is None else counter,
+                  requeue_limit=get("requeue_limit"), requeue_prio=requeue_prio)
+        for field in _WHOLE_NUMBERS:
             value = getattr(msg, field)
             if value is not None and (type(value) is not int or value < 0):
                 raise InvalidMessageError(f"message field {field!r} is not a whole number >= 0: {value!r}")
-        if msg.requeue is not None and type(msg.requeue) is not bool:
-            raise InvalidMessageError(f"message field 'requeue' is not true/false: {msg.requeue!r}")
+        if requeue is not None and type(requeue) is not bool:
+            raise InvalidMessageError(f"message field 'requeue' is not true/false: {requeue!r}")
         return msg
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Message:
         """Parse the text of a message file; InvalidMessageError if it is not one."""
         try:
-            data = json.loads(text)
+            # Decoding first spares json.loads guessing the encoding of bytes.
+            data = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
         except (ValueError, UnicodeDecodeError) as err:
             raise InvalidMessageError(f"not a JSON message: {err}") from None
         return cls.from_dict(data)
