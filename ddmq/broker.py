@@ -551,13 +551,16 @@ class Broker:
         return acked
 
     def nack(self, queue: str | Message, msg_files: str | Sequence[str] | None = None,
-             requeue: bool | None = None, clean: bool = True) -> list[str]:
+             requeue: bool | None = None, clean: bool = True, *, count: bool = True) -> list[str]:
         """Negatively acknowledge consumed messages.
 
         ``requeue=None`` follows each message's ``requeue`` (else the queue's
         setting, true by default); True requeues it (``requeue_counter`` + 1,
         priority ``requeue_prio``; past ``requeue_limit`` it is dead-lettered);
-        False deletes it. Returns the names nacked; raises LeaseLostError like ack.
+        False deletes it. ``count=False`` gives a message back untouched (same
+        priority, counter and limit check skipped), for a consumer that stops
+        before it could try: it is not a failure. Returns the names nacked;
+        raises LeaseLostError like ack.
         """
         queue, names = self._targets(queue, msg_files)
         folder = self._queue_dir(queue)
@@ -571,7 +574,8 @@ class Broker:
                 private = self._take(folder, work_path, name.partition(".")[2], retry)
                 ok = private is not None
                 if ok:
-                    self._requeue_taken(queue, folder, private, requeue, drop_when_not_requeued=True)
+                    self._requeue_taken(queue, folder, private, requeue, drop_when_not_requeued=True,
+                                        count=count)
             (done if ok else missing).append(name)
         if clean:
             self._maybe_clean(queue)
@@ -640,7 +644,7 @@ class Broker:
         return protocol.move(path, target, retry)
 
     def _requeue_taken(self, queue: str, folder: str, private: str, requeue: bool | None,
-                       drop_when_not_requeued: bool) -> str:
+                       drop_when_not_requeued: bool, count: bool = True) -> str:
         """Protocol steps 4b-c: publish the copy of a privately taken message,
         then unlink it; or dead-letter it. Returns what happened."""
         settings = self._settings.effective(queue)
@@ -664,14 +668,15 @@ class Broker:
             self._dead_letter(folder, private, "expired", waiting, retry)
             return "expired"
         limit = msg.requeue_limit if msg.requeue_limit is not None else settings["requeue_limit"]
-        if limit is not None and msg.requeue_counter >= limit:
+        if count and limit is not None and msg.requeue_counter >= limit:
             log.warning("dead-lettering %s of %s: requeued %d times, limit %d",
                         waiting, queue, msg.requeue_counter, limit)
             self._dead_letter(folder, private, "requeue_limit", waiting, retry)
             return "requeue_limit"
         msg.queue = queue
-        msg.requeue_counter += 1
-        msg.priority = msg.requeue_prio if msg.requeue_prio is not None else settings["requeue_prio"]
+        if count:
+            msg.requeue_counter += 1
+            msg.priority = msg.requeue_prio if msg.requeue_prio is not None else settings["requeue_prio"]
         msg.queue_number = next_queue_number()
         msg.filename = f"{msg.priority}.{msg.queue_number}.ddmq{msg.id}"
         self._write_waiting(queue, folder, msg, settings)

@@ -63,6 +63,7 @@ COMMANDS = {
     "purge": "Purge all messages from queue",
     "clean": "Clean out expired messages from queue",
     "dead": "List (or requeue) the dead letters of a queue",
+    "workers": "List live and lost executor workers (heartbeats)",
     "json": "Run a command packaged as a JSON object",
 }
 
@@ -262,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="put the dead letters back in the queue: all of them, or the named ones")
     sub.add_argument("--format", nargs="?", const="plain", default="plain", choices=("plain", "json", "yaml"),
                      help="output format: plain (default, one name per line), json or yaml")
+    common(sub)
+
+    sub = command("workers", "[-hvds] [--queue <name>] [--format <plain|json|yaml>] <root>", cmd_workers)
+    sub.add_argument("root", help=root_help)
+    sub.add_argument("--queue", help="only the workers of this task queue")
+    sub.add_argument("--format", nargs="?", const="plain", default="plain", choices=("plain", "json", "yaml"),
+                     help="output format: plain (default, a table), json or yaml")
     common(sub)
 
     sub = commands.add_parser("json", prog="ddmq json", help=COMMANDS["json"],
@@ -632,6 +640,33 @@ def cmd_dead(args: argparse.Namespace) -> int:
         _say(args, f"Requeued dead letter: {name}")
     if not done:
         _say(args, f"No dead letters in {args.queue}")
+    return EXIT_OK
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """List the workers of the root from their heartbeat records: live, then lost."""
+    from ddmq.executor.heartbeat import list_workers
+
+    if args.queue is not None:
+        check_queue_name(args.queue)
+    b = _open(args)
+    live, lost = list_workers(b.root, args.queue)
+    if args.format != "plain":
+        print(_dump({"live": [r.to_dict() for r in live], "lost": [r.to_dict() for r in lost]},
+                    args.format))
+        return EXIT_OK
+    rows = [("worker", "queue", "state", "task", "done", "last seen")]
+    for record in live + lost:
+        state = "LOST" if record.lost else record.state
+        rows.append((f"{record.host}:{record.pid}", record.queue, state, record.task or "-",
+                     str(record.tasks_done), f"{record.age:.0f} s ago"))
+    if len(rows) == 1:
+        _say(args, f"No workers have run on {b.root}")
+        return EXIT_OK
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    _say(args, f"{len(live)} live, {len(lost)} lost")
     return EXIT_OK
 
 

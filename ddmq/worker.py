@@ -327,7 +327,7 @@ class Worker:
 
     def _nack(self, msg: Message, task: str) -> None:
         try:
-            self.broker.nack(msg, requeue=True)
+            self.broker.nack(msg, requeue=True, count=False)  # a hand-back is not a failed try
         except DdmqError as err:
             log.warning("cannot give task %s back: %s (it is requeued when its lease ends)", task, err)
 

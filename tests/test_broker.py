@@ -472,3 +472,12 @@ def test_read_only_filesystem_gives_clear_error(tmp_path):
             b.consume("q")
         subprocess.run(["mount", "-o", "remount,rw", mount], check=True)
         assert drain(b) == ["kept"]
+
+
+def test_nack_without_counting_gives_the_message_back_untouched(b):
+    b.publish("q", "x", priority=5, requeue_limit=0)
+    b.nack(b.consume("q"), requeue=True, count=False)
+    again = b.consume("q")
+    assert (again.message, again.priority, again.requeue_counter) == ("x", 5, 0)
+    b.nack(again)  # a counted requeue past the limit of 0: dead letter
+    assert b.consume("q") is None and len(b.list_dead("q")) == 1

@@ -558,3 +558,28 @@ def test_filesystem_errors_are_one_line(capsys, tmp_path):
     assert (status, out) == (1, "")
     assert err.startswith("ddmq: error: ") and err.count("\n") == 1 and "Not a directory" in err
     assert snapshot(tmp_path) == before
+
+
+def test_workers_lists_live_then_lost(capsys, root):
+    from ddmq.executor import DDMQExecutor
+    with DDMQExecutor(root, max_workers=1) as ex:
+        assert ex.submit(pow, 2, 3).result(timeout=60) == 8
+        table = ok(capsys, "workers", root)
+        assert "tasks" in table and "1 live, 0 lost" in table
+        listed = json.loads(ok(capsys, "workers", "--format", "json", "--queue", "tasks", root))
+        assert len(listed["live"]) == 1 and listed["lost"] == []
+        (record,) = listed["live"]
+        os.kill(record["pid"], 9)
+        deadline = time.monotonic() + 30
+        while not json.loads(ok(capsys, "workers", "--format", "json", root))["lost"]:
+            assert time.monotonic() < deadline, "a killed worker is never reported lost"
+            time.sleep(0.2)
+
+
+@pytest.mark.parametrize("argv", [["workers"], ["workers", "/nonexistent-root"],
+                                  ["workers", "--queue", "../x", "ROOT"], ["workers", "--format", "xml", "ROOT"]])
+def test_workers_bad_input(capsys, root, argv):
+    before = snapshot(root)
+    code, out, err = run(capsys, *[root if a == "ROOT" else a for a in argv])
+    assert code in (1, 2) and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert snapshot(root) == before
