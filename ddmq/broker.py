@@ -155,6 +155,7 @@ class Broker:
         self._folders: dict[str, str] = {}
         self._candidates: dict[str, _Candidates] = {}
         self._next_clean: dict[str, float] = {}
+        self._lease_guess: dict[str, float] = {}  # queue -> lease of the last message claimed
         self._watcher = FolderWatcher()
 
     def __repr__(self) -> str:
@@ -458,8 +459,13 @@ class Broker:
             return cands.pick()
 
     def _claim_one(self, queue: str, folder: str, name: str, settings: dict[str, Any]) -> Message | None:
-        """Claim the waiting file ``name``: rename it into work/, then read it."""
-        timeout = settings["message_timeout"]
+        """Claim the waiting file ``name``: rename it into work/, then read it.
+
+        The lease's length is in the file, which is read only after the claim:
+        claim with the length of the last message claimed from this queue
+        (messages of one queue mostly share it), and correct it if it differs.
+        """
+        timeout = self._lease_guess.get(queue) or settings["message_timeout"]
         retry = settings["retry_timeout"]
         expiry = protocol.lease_expiry(self.clock.now(), timeout)
         work_name = f"{expiry}.{name}"
@@ -470,9 +476,11 @@ class Broker:
         if msg is None:
             return None
         msg.filename, msg.expiry = work_name, expiry
-        if msg.timeout is not None and msg.timeout != timeout:
+        wanted = msg.timeout if msg.timeout is not None else settings["message_timeout"]
+        self._lease_guess[queue] = wanted
+        if wanted != timeout:
             try:
-                self.extend_lease(msg, msg.timeout)
+                self.extend_lease(msg, wanted)
             except LeaseLostError:
                 return None
         return msg
