@@ -65,6 +65,13 @@ log = logging.getLogger("ddmq.worker")
 KEEPER_TICK = 0.5
 #: Pause (s) after a filesystem error before the worker looks at the queue again.
 ERROR_PAUSE_MAX = 30.0
+#: Most task messages a worker claims at once. It claims more than one only
+#: while its tasks are quick (see QUICK_TASK), so that slow tasks stay spread
+#: over all workers; quick ones then cost fewer file operations each, as their
+#: results share one reply message and their acks one call.
+MAX_BATCH = 16
+#: Seconds a task may take on average for its worker to keep claiming batches.
+QUICK_TASK = 0.005
 
 
 class _Stop(Exception):
@@ -82,6 +89,15 @@ class _Running:
         self.lease = lease
         self.next_extend = time.monotonic() + lease / 3
         self.lease_lost = False
+
+
+class _Answer:
+    """A task that ran: its message, and the result envelope to send back."""
+
+    __slots__ = ("msg", "task", "reply", "result", "spill")
+
+    def __init__(self, msg: Message, task: str, reply: str, result: dict[str, Any], spill: str):
+        self.msg, self.task, self.reply, self.result, self.spill = msg, task, reply, result, spill
 
 
 class Worker:
@@ -126,6 +142,7 @@ class Worker:
         self._stop_reason = ""
         self._stop_deadline = math.inf
         self._interruptible = False
+        self._batch = 1  # task messages to claim at once (see MAX_BATCH)
 
     # --- the main loop ------------------------------------------------------------
 
@@ -164,20 +181,51 @@ class Worker:
             if self.max_tasks is not None and self.tasks_done >= self.max_tasks:
                 self._stop_reason = f"--max-tasks {self.max_tasks} reached"
                 return 0
+            batch = self._batch
+            if self.max_tasks is not None:
+                batch = min(batch, self.max_tasks - self.tasks_done)
             try:
-                msg = self._next_message()
+                msgs = self._next_messages(batch)
             except _Stop:
                 return 0
             except QueueNotFoundError:
                 log.error("queue %s was deleted from %s: stopping", self.queue, self.root)
                 return 1
-            if msg is None:
+            if not msgs:
                 self._stop_reason = f"idle for --idle-timeout {self.idle_timeout} s"
                 return 0
-            self._process(msg)
+            self._process_batch(msgs)
 
-    def _next_message(self) -> Message | None:
-        """Claim the next task message; None after ``idle_timeout`` s.
+    def _process_batch(self, msgs: list[Message]) -> None:
+        """Run claimed task messages one after the other, then send their
+        results (one reply message per reply queue) and ack them.
+
+        Messages not yet started are given back when the worker is asked to
+        stop, or when the batch has taken a third of a lease (only the running
+        task's lease is extended)."""
+        started = time.monotonic()
+        answers: list[_Answer] = []
+        ran = 0
+        for index, msg in enumerate(msgs):
+            elapsed = time.monotonic() - started
+            if index and (self._stopping or elapsed > self._lease_of(msg) / 3):
+                for rest in msgs[index:]:
+                    self._nack(rest, "(not started)")
+                break
+            answer = self._execute(msg)
+            ran += 1
+            if answer is not None:
+                answers.append(answer)
+        self._answer(answers)
+        self.tasks_done += ran
+        average = (time.monotonic() - started) / max(1, ran)
+        self._batch = min(MAX_BATCH, self._batch * 2) if average < QUICK_TASK else 1
+
+    def _lease_of(self, msg: Message) -> float:
+        return float(msg.timeout or self.broker.get_settings(self.queue)["message_timeout"])
+
+    def _next_messages(self, n: int) -> list[Message]:
+        """Claim up to ``n`` task messages; [] after ``idle_timeout`` s.
 
         Waits like ``consume(wait=...)`` (inotify where it works, else
         polling with back-off), but so that a signal ends the wait at once:
@@ -191,18 +239,19 @@ class Worker:
         while True:
             self._watcher.arm(folder)
             try:
-                msg = self.broker.consume(self.queue)
+                got = self.broker.consume(self.queue, n=n)
+                msgs = got if isinstance(got, list) else [got] if got is not None else []
             except QueueNotFoundError:
                 raise
             except DdmqError as err:  # the filesystem is unwell; it may recover
                 log.warning("cannot consume from %s: %s; trying again in %.1f s",
                             self.queue, err, error_pause)
-                msg, pause, error_pause = None, error_pause, min(error_pause * 2, ERROR_PAUSE_MAX)
-            if msg is not None:
-                return msg
+                msgs, pause, error_pause = [], error_pause, min(error_pause * 2, ERROR_PAUSE_MAX)
+            if msgs:
+                return msgs
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                return None
+                return []
             timeout = pause if deadline is None else min(pause, deadline - now)
             self._interruptible = True
             try:
@@ -214,22 +263,22 @@ class Worker:
             poll_max = float(self.broker.get_settings(self.queue)["poll_max"])
             pause = min(pause * 2, max(poll_max, 0.001))
 
-    def _process(self, msg: Message) -> None:
-        """Verify, run, answer and ack one task message."""
+    def _execute(self, msg: Message) -> _Answer | None:
+        """Verify and run one task message; its answer, or None if it was
+        refused or dropped (then it is already dealt with)."""
         doc = msg.message
         try:
             task, reply, payload = check_task(self.secret, doc, self.root)
         except SignatureError as err:
             self._refuse(msg, doc, err)
-            return
+            return None
         except PayloadMissingError as err:
             self._drop(msg, doc, err)
-            return
-        lease = float(msg.timeout or self.broker.get_settings(self.queue)["message_timeout"])
-        running = _Running(msg, task, lease)
+            return None
+        running = _Running(msg, task, self._lease_of(msg))
         with self._lock:
             self._running = running
-        if lease / 3 < KEEPER_TICK:
+        if running.lease / 3 < KEEPER_TICK:
             self._wake.set()  # the keeper's next tick would come too late for this lease
         try:
             outcomes = self._run(task, payload)
@@ -243,35 +292,44 @@ class Worker:
             error = pickle.PicklingError(f"on worker {self.name}, the outcome of task {task} cannot "
                                          f"be sent back: {type(err).__name__}: {err}")
             result = dump_result(self.secret, task, reply, self.name, [(False, error, None)])
-        del outcomes
-        self._answer(msg, task, reply, result, spill, running.lease_lost)
-        self.tasks_done += 1
-
-    def _answer(self, msg: Message, task: str, reply: str, result: dict[str, Any],
-                spill: str, lease_lost: bool) -> None:
-        """Publish a task's result, then ack the task."""
-        if lease_lost:
+        if running.lease_lost:
             log.warning("task %s ran past a lost lease (another worker may run it again); "
                         "sending its result anyway: the executor keeps the first one", task)
-        try:
-            self.broker.publish(reply, result)
-        except QueueNotFoundError:
-            discard(result, spill)
-            log.info("reply queue %s is gone (its executor shut down): result of task %s dropped",
-                     reply, task)
-        except DdmqError as err:
-            discard(result, spill)
-            log.error("cannot publish the result of task %s: %s; giving the task back", task, err)
-            self._nack(msg, task)
+        return _Answer(msg, task, reply, result, spill)
+
+    def _answer(self, answers: list[_Answer]) -> None:
+        """Publish the results (one message per reply queue), then ack their tasks."""
+        by_reply: dict[str, list[_Answer]] = {}
+        for answer in answers:
+            by_reply.setdefault(answer.reply, []).append(answer)
+        done: list[_Answer] = []
+        for reply, group in by_reply.items():
+            results = [a.result for a in group]
+            try:
+                self.broker.publish(reply, results if len(results) > 1 else results[0])
+                done.extend(group)
+                continue
+            except QueueNotFoundError:
+                log.info("reply queue %s is gone (its executor shut down): results of %d "
+                         "task(s) dropped", reply, len(group))
+                done.extend(group)
+            except DdmqError as err:
+                log.error("cannot publish results to %s: %s; giving %d task(s) back",
+                          reply, err, len(group))
+                for answer in group:
+                    self._nack(answer.msg, answer.task)
+            for answer in group:
+                discard(answer.result, answer.spill)
+        if not done:
             return
         try:
-            self.broker.ack(msg)
-        except LeaseLostError:
-            log.debug("task %s: lease already lost at ack", task)
+            self.broker.ack(self.queue, [a.msg.filename for a in done])
+        except LeaseLostError as err:
+            log.debug("lease already lost at ack: %s", ", ".join(err.missing))
         except DdmqError as err:
-            log.warning("cannot ack task %s: %s (it may run again; its duplicate result "
-                        "will be ignored)", task, err)
-        log.debug("task %s done (message %s)", task, msg.id)
+            log.warning("cannot ack %d task(s): %s (they may run again; their duplicate "
+                        "results will be ignored)", len(done), err)
+        log.debug("done: tasks %s", ", ".join(a.task for a in done))
 
     def _run(self, task: str, payload: bytes) -> list[tuple[bool, Any, str | None]]:
         """Unpickle and run the calls of a verified task; one outcome per call.

@@ -483,10 +483,13 @@ class DDMQExecutor(Executor):
 
     def _handle(self, msgs: list[Message]) -> None:
         for msg in msgs:
-            try:
-                self._handle_one(msg.message)
-            except Exception:  # noqa: BLE001 (one bad reply must not stop the others)
-                log.exception("cannot handle reply message %s", msg.id)
+            # A worker that ran several quick tasks sends their results together.
+            docs = msg.message if isinstance(msg.message, list) else [msg.message]
+            for doc in docs:
+                try:
+                    self._handle_one(doc)
+                except Exception:  # noqa: BLE001 (one bad reply must not stop the others)
+                    log.exception("cannot handle a reply in message %s", msg.id)
         try:
             self._broker.ack(self.reply_queue, [msg.filename for msg in msgs])
         except LeaseLostError:

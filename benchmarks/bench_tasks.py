@@ -1,0 +1,34 @@
+"""Task functions of benchmarks/executor_throughput.py.
+
+They live in a module, not in the script, so that every executor pickles them
+by reference, as the research harness did (shared/research/executor-baselines.md):
+a function defined in ``__main__`` is pickled by value by cloudpickle, with a
+fresh copy of the globals it uses, which would make ``one_mb`` regenerate its
+megabyte on every call in DDMQExecutor and loky but not in ProcessPoolExecutor.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+MB = 1_000_000
+_PAYLOAD: list[bytes] = []
+
+
+def noop(x: Any = None) -> Any:
+    return x
+
+
+def sleep20(x: Any) -> Any:
+    time.sleep(0.02)
+    return x
+
+
+def one_mb(x: Any) -> bytes:
+    """1 MB of random bytes, generated once per worker process: W5 measures
+    the transport of results, not os.urandom."""
+    if not _PAYLOAD:
+        _PAYLOAD.append(os.urandom(MB))
+    return _PAYLOAD[0]
