@@ -253,3 +253,36 @@ def test_heartbeat_records_list_live_and_lost_workers(tmp_path):
     beat.beat("idle", None, 8)
     beat.remove()
     assert list_workers(root) == ([], [])
+
+
+def whoami(x):
+    return os.getpid(), x
+
+
+def test_quick_tasks_are_claimed_in_batches_and_answered_together(tmp_path):
+    """A worker that finds many quick tasks waiting claims several at once and
+    sends their results in one reply message; every future still gets its own."""
+    root = tmp_path / "root"
+    log = tmp_path / "worker.log"
+    with DDMQExecutor(root, max_workers=0) as ex:
+        futures = [ex.submit(whoami, i) for i in range(60)]
+        worker = start_worker(root, "--max-tasks", "60", "-vv", log=log)
+        assert [f.result(timeout=LONG)[1] for f in futures] == list(range(60))
+        assert worker.wait(timeout=LONG) == 0
+    done_lines = [line for line in log.read_text().splitlines() if "done: tasks" in line]
+    sizes = [len(line.split("done: tasks", 1)[1].split(",")) for line in done_lines]
+    assert sum(sizes) == 60 and max(sizes) > 1, sizes
+
+
+def test_slow_tasks_are_not_batched_so_all_workers_share_them(tmp_path):
+    root = tmp_path / "root"
+    with DDMQExecutor(root, max_workers=0) as ex:
+        ex.submit(whoami, -1)  # warms nothing: just shows tasks may wait before workers exist
+        futures = [ex.submit(slow_once, str(tmp_path / "slow.log"), 0.3) for _ in range(6)]
+        workers = [start_worker(root, "--max-tasks", "4") for _ in range(2)]
+        assert [f.result(timeout=LONG) for f in futures] == ["slow done"] * 6
+        runners = {line.split()[1] for line in (tmp_path / "slow.log").read_text().splitlines()}
+        assert len(runners) == 2
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=LONG)
