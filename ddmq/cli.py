@@ -470,46 +470,42 @@ def cmd_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
-    """Delete queues with all their messages."""
+def _each_queue(args: argparse.Namespace, verb: str, act: Callable[[ddmq.Broker, str], str]) -> int:
+    """Run ``act(broker, queue)`` on every queue of a comma-separated list,
+    all checked first; print what each did, and a total for several."""
     queues = _split(args.queue)
     b = _open(args, queues)
     _require_queues(b, queues)
-    log.info("deleting queue(s): %s", ", ".join(queues))
+    log.info("%s queue(s): %s", verb.lower(), ", ".join(queues))
     for queue in queues:
-        b.delete_queue(queue)
-        _say(args, f"Deleted queue: {queue}")
+        _say(args, act(b, queue))
     if len(queues) > 1:
-        _say(args, f"Deleted {len(queues)} queues")
+        _say(args, f"{verb} {len(queues)} queues")
     return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete queues with everything in them."""
+    def delete(b: ddmq.Broker, queue: str) -> str:
+        b.delete_queue(queue)
+        return f"Deleted queue: {queue}"
+    return _each_queue(args, "Deleted", delete)
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
     """Remove every waiting and at-work message of queues (dead letters stay)."""
-    queues = _split(args.queue)
-    b = _open(args, queues)
-    _require_queues(b, queues)
-    log.info("purging queue(s): %s", ", ".join(queues))
-    for queue in queues:
+    def purge(b: ddmq.Broker, queue: str) -> str:
         n_wait, n_work = b.purge_queue(queue)
-        _say(args, f"Purged queue: {queue}\t({n_wait} messages in queue, {n_work} messages in work)")
-    if len(queues) > 1:
-        _say(args, f"Purged {len(queues)} queues")
-    return EXIT_OK
+        return f"Purged queue: {queue}\t({n_wait} messages in queue, {n_work} messages in work)"
+    return _each_queue(args, "Purged", purge)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
     """Housekeeping now: requeue or dead-letter expired messages."""
-    queues = _split(args.queue)
-    b = _open(args, queues)
-    _require_queues(b, queues)
-    log.info("cleaning queue(s): %s", ", ".join(queues))
-    for queue in queues:
+    def clean(b: ddmq.Broker, queue: str) -> str:
         b.clean(queue, force=True)
-        _say(args, f"Cleaned queue: {queue}")
-    if len(queues) > 1:
-        _say(args, f"Cleaned {len(queues)} queues")
-    return EXIT_OK
+        return f"Cleaned queue: {queue}"
+    return _each_queue(args, "Cleaned", clean)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
