@@ -252,16 +252,24 @@ def test_functions_of_main_scripts_work(tmp_path):
     script.write_text(
         "import sys\n"
         "from ddmq.executor import DDMQExecutor\n"
+        "import operator\n"
         "def triple(x):\n"
         "    return 3 * x\n"
+        "class Box:\n"
+        "    def __init__(self, v):\n"
+        "        self.v = v\n"
         "if __name__ == '__main__':\n"
         "    with DDMQExecutor(sys.argv[1], max_workers=1) as ex:\n"
-        "        print(list(ex.map(triple, range(5))), ex.submit(lambda: 'ok').result())\n")
+        "        print(list(ex.map(triple, range(5))), ex.submit(lambda: 'ok').result(),\n"
+        "              # __main__ functions and classes inside the arguments travel by value too\n"
+        "              ex.submit(operator.call, triple, 2).result(),\n"
+        "              ex.submit(operator.attrgetter('v'), Box(7)).result(),\n"
+        "              ex.submit(type, Box(1)).result().__name__)\n")
     env = dict(os.environ, PYTHONPATH=REPO)
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "root")], env=env,
                          capture_output=True, text=True, timeout=LONG)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[0, 3, 6, 9, 12] ok"
+    assert out.stdout.strip() == "[0, 3, 6, 9, 12] ok 6 7 Box"
 
 
 # --- cancel and shutdown -------------------------------------------------------------------

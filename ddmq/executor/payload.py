@@ -369,7 +369,7 @@ def dump_task(secret: bytes, task: str, reply: str, fn: Callable[..., Any],
     in ``spill``). Raises ``pickle.PicklingError`` (with the reason) if the
     function or an argument cannot be pickled."""
     try:
-        payload = cloudpickle.dumps((fn, list(calls)))
+        payload = _dumps((fn, list(calls)))
     except Exception as err:
         raise _pickling_error(f"cannot send the call to {_name(fn)} to a worker: its function "
                               "or an argument cannot be pickled", err) from err
@@ -412,7 +412,7 @@ def dump_result(secret: bytes, task: str, reply: str, worker: str,
     gets one outcome per call.
     """
     try:
-        payload = cloudpickle.dumps(outcomes)
+        payload = _dumps(outcomes)
     except Exception:
         payload = cloudpickle.dumps([_picklable(outcome, worker) for outcome in outcomes])
     else:
@@ -422,6 +422,36 @@ def dump_result(secret: bytes, task: str, reply: str, worker: str,
                 payload = cloudpickle.dumps(safe)
     doc = {"v": VERSION, "task": task, "worker": worker}
     return _seal(secret, "result", doc, reply, payload, spill)
+
+
+def _dumps(value: Any) -> bytes:
+    """Pickle ``value`` for another process: with the standard (C) pickler
+    when that is safe, as it is several times faster than cloudpickle on many
+    small objects; else with cloudpickle. Either way ``pickle.loads`` reads it.
+
+    The standard pickler refers to functions and classes by module and name.
+    That fails for lambdas and closures (it raises), and would be wrong for
+    what lives in ``__main__`` (another process has another ``__main__``) or
+    in modules registered with ``cloudpickle.register_pickle_by_value``:
+    cloudpickle sends those by value. A pickle that so much as mentions
+    ``__main__`` is therefore redone with cloudpickle.
+    """
+    if not _by_value_modules():
+        try:
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # noqa: BLE001 (PicklingError, AttributeError, TypeError, ...)
+            pass
+        else:
+            if b"__main__" not in data:
+                return data
+    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _by_value_modules() -> Any:
+    try:
+        return cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES
+    except AttributeError:  # an older or newer cloudpickle: always use it
+        return True
 
 
 def _picklable(outcome: tuple[bool, Any, str | None], worker: str) -> tuple[bool, Any, str | None]:
