@@ -143,6 +143,8 @@ class Worker:
         self._stop_deadline = math.inf
         self._interruptible = False
         self._batch = 1  # task messages to claim at once (see MAX_BATCH)
+        self._queued: list[Message] = []  # claimed messages of the batch not started yet
+        self._pending: list[_Answer] = []  # tasks of the batch that ran, not answered yet
 
     # --- the main loop ------------------------------------------------------------
 
@@ -202,21 +204,26 @@ class Worker:
 
         Messages not yet started are given back when the worker is asked to
         stop, or when the batch has taken a third of a lease (only the running
-        task's lease is extended)."""
+        task's lease is extended). The keeper sends the results gathered so
+        far when a task of the batch turns out slow, so they do not wait for it."""
         started = time.monotonic()
-        answers: list[_Answer] = []
         ran = 0
         for index, msg in enumerate(msgs):
             elapsed = time.monotonic() - started
             if index and (self._stopping or elapsed > self._lease_of(msg) / 3):
+                with self._lock:
+                    self._queued = []
                 for rest in msgs[index:]:
                     self._nack(rest, "(not started)")
                 break
+            with self._lock:  # the keeper gives these back too if the grace period ends
+                self._queued = msgs[index + 1:]
             answer = self._execute(msg)
             ran += 1
             if answer is not None:
-                answers.append(answer)
-        self._answer(answers)
+                with self._lock:
+                    self._pending.append(answer)
+        self._send_pending()
         self.tasks_done += ran
         average = (time.monotonic() - started) / max(1, ran)
         self._batch = min(MAX_BATCH, self._batch * 2) if average < QUICK_TASK else 1
@@ -296,6 +303,12 @@ class Worker:
             log.warning("task %s ran past a lost lease (another worker may run it again); "
                         "sending its result anyway: the executor keeps the first one", task)
         return _Answer(msg, task, reply, result, spill)
+
+    def _send_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            self._answer(pending)
 
     def _answer(self, answers: list[_Answer]) -> None:
         """Publish the results (one message per reply queue), then ack their tasks."""
@@ -418,6 +431,8 @@ class Worker:
                     self._extend(running, now)
                 if running is not None and self._stopping and now >= self._stop_deadline:
                     self._give_back_and_exit(running)
+            if running is not None and self._pending:
+                self._send_pending()  # the running task is slow: do not hold back earlier results
             if self._stopping and running is not None and not told_grace:
                 told_grace = True
                 log.warning("%s: task %s may run %.0f s more before it is given back",
@@ -456,6 +471,10 @@ class Worker:
                     self._stop_reason, running.task)
         if not running.lease_lost:
             self._nack(running.msg, running.task)
+        pending, self._pending = self._pending, []  # the caller holds self._lock
+        self._answer(pending)
+        for msg in self._queued:
+            self._nack(msg, "(not started)")
         self._heartbeat.remove()
         for handler in logging.getLogger().handlers:
             try:

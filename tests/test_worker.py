@@ -286,3 +286,33 @@ def test_slow_tasks_are_not_batched_so_all_workers_share_them(tmp_path):
         for worker in workers:
             worker.terminate()
             worker.wait(timeout=LONG)
+
+
+def test_sigterm_after_grace_gives_back_the_whole_batch(tmp_path):
+    """A worker stopped in the middle of a batch of claimed tasks answers the
+    ones it ran, gives back the running task and the ones it had not started:
+    none waits for a lease."""
+    root, log, gate = tmp_path / "root", tmp_path / "task.log", tmp_path / "go"
+    ex = DDMQExecutor(root, max_workers=0, lease=600)
+    workers = []
+    try:
+        quick = [ex.submit(whoami, i) for i in range(20)]
+        gated = ex.submit(logged_gated, str(log), str(gate), "finished")
+        after = [ex.submit(whoami, i) for i in range(10)]
+        workers.append(start_worker(root, "--grace", "0.2", log=tmp_path / "w.log"))
+        wait_until(lambda: lines(log), "the gated task to start")
+        # the results of the batch's quick tasks do not wait for the slow one
+        assert [f.result(timeout=LONG)[1] for f in quick] == list(range(20))
+        workers[0].terminate()
+        assert workers[0].wait(LONG) == 0
+        waiting, work = ddmq.broker(root).get_message_list(ex.queue)
+        assert (len(work), len(waiting)) == (0, 1 + sum(not f.done() for f in after))
+        gate.touch()
+        workers.append(start_worker(root))
+        assert gated.result(timeout=LONG) == "finished"
+        assert [f.result(timeout=LONG)[1] for f in quick + after] == list(range(20)) + list(range(10))
+    finally:
+        for worker in workers:
+            worker.terminate()
+            assert worker.wait(LONG) == 0
+        ex.shutdown(wait=False, cancel_futures=True)
