@@ -27,6 +27,7 @@ temporary files) runs inside publish/consume/ack/nack at most once per
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import os
 import random
@@ -39,8 +40,8 @@ from . import protocol
 from .errors import (DdmqError, FilesystemError, InvalidMessageError, InvalidNameError,
                      LeaseLostError, MessageNotFoundError, QueueNotFoundError,
                      RootMissingError, RootUninitiatedError)
-from .message import (DEAD_REASONS, Message, WaitingName, next_queue_number, parse_dead_name,
-                      parse_waiting_name, parse_work_name)
+from .message import (DEAD_REASONS, MAX_NUMBER, MAX_TIMEOUT, Message, WaitingName,
+                      next_queue_number, parse_dead_name, parse_waiting_name, parse_work_name)
 from .protocol import DEAD, REQUEUE_PREFIX, TMP, WORK
 from .settings import DEFAULTS, SETTINGS_FILE, SettingsCache, write_file
 from .watch import FolderWatcher
@@ -54,6 +55,8 @@ REQUEUE_STALE_SECONDS = 60
 TMP_MAX_AGE_SECONDS = 3600
 #: After this many lost races in a row, the cached listing is stale: list again.
 RELIST_AFTER_LOST = 32
+#: Longest queue name: its folder and the names of its files must fit NAME_MAX (255).
+MAX_QUEUE_NAME = 128
 
 _ROOT_TEMPLATE = """\
 # ddmq settings for every queue under this root; a queue's own ddmq.yaml
@@ -76,12 +79,28 @@ def check_queue_name(queue: Any) -> str:
     if (not isinstance(queue, str) or not queue or not queue.isascii()
             or not all(c.isalnum() or c in "_-" for c in queue)):
         raise InvalidNameError(f"invalid queue name {queue!r}: use letters, digits, '_' and '-'")
+    if len(queue) > MAX_QUEUE_NAME:
+        raise InvalidNameError(f"invalid queue name {queue[:20]!r}...: longer than "
+                               f"{MAX_QUEUE_NAME} characters")
     return queue
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if value is not None and (type(value) is not int or value < minimum):
-        raise InvalidMessageError(f"{name} must be a whole number >= {minimum}, not {value!r}")
+_INSTANCES = itertools.count()
+
+
+def _waiting_name(work_name: str) -> str:
+    """The waiting name inside a work name (validated by the caller)."""
+    parsed = parse_work_name(work_name)
+    if parsed is None:
+        raise InvalidNameError(f"{work_name!r} is not the name of a consumed message")
+    return parsed[1]
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int = MAX_NUMBER) -> None:
+    if value is not None and (type(value) is not int or not minimum <= value <= maximum):
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise InvalidMessageError(f"{name} must be a whole number from {minimum} to {maximum}, "
+                                  f"not {shown}")
 
 
 class _Candidates:
@@ -137,7 +156,8 @@ class Broker:
         if debug or verbose:
             logging.getLogger("ddmq").setLevel(logging.DEBUG if debug else logging.INFO)
         settings_path = os.path.join(self.root, SETTINGS_FILE)
-        if not os.path.isdir(self.root):
+        retry = DEFAULTS["retry_timeout"]
+        if not protocol.is_folder(self.root, retry):
             if not create:
                 raise RootMissingError(f"root folder {self.root} does not exist")
             try:
@@ -145,7 +165,7 @@ class Broker:
                 os.chmod(self.root, 0o700)
             except OSError as err:
                 raise FilesystemError(err, f"create root {self.root}") from err
-        if not os.path.isfile(settings_path):
+        if not protocol.is_file(settings_path, retry):
             if not create:
                 raise RootUninitiatedError(f"root folder {self.root} is not initiated (no {SETTINGS_FILE})")
             self._write_root_settings(settings_path)
@@ -157,6 +177,7 @@ class Broker:
         self._next_clean: dict[str, float] = {}
         self._lease_guess: dict[str, float] = {}  # queue -> lease of the last message claimed
         self._watcher = FolderWatcher()
+        self._instance = next(_INSTANCES)  # brokers of one process on two mounts claim apart
 
     def __repr__(self) -> str:
         return f"ddmq.broker({self.root!r})"
@@ -223,8 +244,9 @@ class Broker:
     def queue_exists(self, queue: str) -> bool:
         """True if ``queue`` is a complete queue folder (``ddmq.yaml`` and ``work/``)."""
         folder = self._queue_dir(queue)
-        return (os.path.isfile(os.path.join(folder, SETTINGS_FILE))
-                and os.path.isdir(os.path.join(folder, WORK)))
+        retry = self._retry_timeout()
+        return (protocol.is_file(os.path.join(folder, SETTINGS_FILE), retry)
+                and protocol.is_folder(os.path.join(folder, WORK), retry))
 
     def _require_queue(self, queue: str) -> str:
         folder = self._queue_dir(queue)
@@ -242,7 +264,7 @@ class Broker:
         for sub in ("", TMP, WORK, DEAD):  # ddmq.yaml last: it marks the queue complete
             protocol.make_folder(os.path.join(folder, sub) if sub else folder, timeout)
         path = os.path.join(folder, SETTINGS_FILE)
-        if not os.path.isfile(path):
+        if not protocol.is_file(path, timeout):
             try:
                 write_file(path, {})
             except OSError as err:
@@ -256,7 +278,7 @@ class Broker:
         Raises QueueNotFoundError if missing, FilesystemError if the folder
         holds files ddmq did not make (nothing of them is deleted)."""
         folder = self._queue_dir(queue)
-        if not os.path.isdir(folder):
+        if not protocol.is_folder(folder, self._retry_timeout()):
             raise QueueNotFoundError(f"queue {queue!r} does not exist in {self.root}")
         timeout = self._retry_timeout(queue)
         foreign = [n for n in self._list(folder, timeout)
@@ -327,7 +349,7 @@ class Broker:
         _check_int("priority", priority, 0)
         _check_int("requeue_prio", requeue_prio, 0)
         _check_int("requeue_limit", requeue_limit, 0)
-        _check_int("timeout", timeout, 1)
+        _check_int("timeout", timeout, 1, MAX_TIMEOUT)
         if requeue is not None and not isinstance(requeue, bool):
             raise InvalidMessageError(f"requeue must be True, False or None, not {requeue!r}")
         if requeue_prio is not None and requeue is None:
@@ -407,7 +429,7 @@ class Broker:
         parent = os.path.dirname(os.path.abspath(os.path.join(folder, os.fspath(path))))
         if parse_waiting_name(name) is None or os.path.realpath(parent) != os.path.realpath(folder):
             raise InvalidNameError(f"{path!r} is not a waiting message of queue {queue!r}")
-        if not os.path.isdir(folder):
+        if not protocol.is_folder(folder, self._retry_timeout()):
             raise QueueNotFoundError(f"queue {queue!r} does not exist in {self.root}")
         msg = self._claim_one(queue, folder, name, self._settings.effective(queue))
         return [msg] if msg is not None else []
@@ -468,7 +490,7 @@ class Broker:
         timeout = self._lease_guess.get(queue) or settings["message_timeout"]
         retry = settings["retry_timeout"]
         expiry = protocol.lease_expiry(self.clock.now(), timeout)
-        work_name = f"{expiry}.{name}"
+        work_name = f"{expiry}.{name}.{protocol.claimer_tag()}{self._instance}"
         work_path = f"{folder}{os.sep}{WORK}{os.sep}{work_name}"
         if not protocol.move(f"{folder}{os.sep}{name}", work_path, retry):
             return None
@@ -492,13 +514,16 @@ class Broker:
             if data is None:
                 return None
             try:
-                return Message.from_json(data)
+                msg = Message.from_json(data)
             except InvalidMessageError as err:
                 problem = err
+            else:
+                msg.queue = queue  # the file's own "queue" field is not to be trusted
+                return msg
             # ddmq 0.9 writes final names directly: give a slow writer a moment.
             time.sleep(0.02 * (attempt + 1))
         log.warning("dead-lettering unparseable message %s of %s: %s", work_name, queue, problem)
-        waiting = work_name.partition(".")[2]
+        waiting = _waiting_name(work_name)
         self._dead_letter(folder, work_path, "unparseable", waiting, retry)
         return None
 
@@ -579,7 +604,7 @@ class Broker:
             if requeue is False:
                 ok = protocol.remove(work_path, retry)
             else:
-                private = self._take(folder, work_path, name.partition(".")[2], retry)
+                private = self._take(folder, work_path, _waiting_name(name), retry)
                 ok = private is not None
                 if ok:
                     self._requeue_taken(queue, folder, private, requeue, drop_when_not_requeued=True,
@@ -623,7 +648,7 @@ class Broker:
         queue, (name,) = self._targets(msg, None)
         folder = self._queue_dir(queue)
         retry = self._retry_timeout(queue)
-        waiting = name.partition(".")[2]
+        waiting = _waiting_name(name)
         private = self._take(folder, os.path.join(folder, WORK, name), waiting, retry)
         if private is None:
             raise LeaseLostError(f"lease lost for {name} in {queue}", [name])
@@ -646,7 +671,7 @@ class Broker:
         if protocol.move(path, target, retry):
             return True
         folder = os.path.dirname(target)
-        if os.path.isdir(folder):
+        if protocol.is_folder(folder, retry):
             return False
         protocol.make_folder(folder, retry)
         return protocol.move(path, target, retry)

@@ -298,6 +298,8 @@ def json_to_argv(parser: argparse.ArgumentParser, payload: str) -> list[str]:
         data = json.loads(payload)
     except ValueError as err:
         raise UsageError(f"json: not a valid JSON object ({err})") from None
+    except RecursionError:
+        raise UsageError("json: not a valid JSON object (nested too deeply)") from None
     if not isinstance(data, dict):
         raise UsageError(f"json: expected a JSON object, not {type(data).__name__}")
     data = dict(data)
@@ -687,6 +689,8 @@ def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
 
 
 def _fail(message: str, status: int) -> int:
+    # One line, whatever the arguments echoed in the message hold.
+    message = " ".join(message.splitlines()) if message else "failed"
     print(f"ddmq: error: {message}", file=sys.stderr)
     return status
 
@@ -709,6 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(err), EXIT_USAGE)
     except (ddmq.InvalidNameError, ddmq.InvalidMessageError) as err:
         return _fail(str(err), EXIT_USAGE)
+    except ValueError as err:  # e.g. a NUL character in a path given through 'json'
+        return _fail(f"invalid argument: {err}", EXIT_USAGE)
     except ddmq.DdmqError as err:
         return _fail(str(err), EXIT_FAILED)
     except OSError as err:

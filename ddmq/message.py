@@ -41,6 +41,10 @@ FIELDS = ("message", "queue", "id", "priority", "queue_number", "filename", "req
 _DEAD = re.compile(r"^([a-z_]+)\.(\d+\.\d+\.ddmq[A-Za-z0-9]+)$")
 
 _WHOLE_NUMBERS = ("priority", "requeue_counter", "requeue_limit", "requeue_prio", "timeout")
+#: Largest value of a whole-number field (file names must fit NAME_MAX).
+MAX_NUMBER = 10**18 - 1
+#: Longest lease a message may ask for, in seconds (ten years).
+MAX_TIMEOUT = 10 * 365 * 24 * 3600
 
 #: Why a message was dead-lettered; the first field of its name in ``dead/``.
 DEAD_REASONS = ("unparseable", "requeue_limit", "expired", "rejected")
@@ -62,10 +66,19 @@ def parse_waiting_name(name: str) -> WaitingName | None:
 
 
 def parse_work_name(name: str) -> tuple[int, str] | None:
-    """``EXPIRY.PRIO.QNUM.ddmqID`` -> (expiry, waiting name), or None."""
+    """``EXPIRY.PRIO.QNUM.ddmqID[.CLAIMER]`` -> (expiry, waiting name), or None.
+
+    ddmq appends its claimer's tag (letters and digits) so that no two
+    processes ever rename a message to the same work name; names written by
+    ddmq 0.9 have none."""
     expiry, _, rest = name.partition(".")
-    if expiry.isascii() and expiry.isdigit() and parse_waiting_name(rest) is not None:
+    if not (expiry.isascii() and expiry.isdigit()):
+        return None
+    if parse_waiting_name(rest) is not None:
         return int(expiry), rest
+    waiting, _, claimer = rest.rpartition(".")
+    if claimer.isascii() and claimer.isalnum() and parse_waiting_name(waiting) is not None:
+        return int(expiry), waiting
     return None
 
 
@@ -154,8 +167,11 @@ class Message:
                   requeue_limit=get("requeue_limit"), requeue_prio=requeue_prio)
         for field in _WHOLE_NUMBERS:
             value = getattr(msg, field)
-            if value is not None and (type(value) is not int or value < 0):
-                raise InvalidMessageError(f"message field {field!r} is not a whole number >= 0: {value!r}")
+            if value is not None and (type(value) is not int or not 0 <= value <= MAX_NUMBER):
+                raise InvalidMessageError(f"message field {field!r} is not a whole number "
+                                          f"from 0 to {MAX_NUMBER}: {_short(value)}")
+        if msg.timeout is not None and msg.timeout > MAX_TIMEOUT:
+            raise InvalidMessageError(f"message field 'timeout' is over {MAX_TIMEOUT} s: {msg.timeout}")
         if requeue is not None and type(requeue) is not bool:
             raise InvalidMessageError(f"message field 'requeue' is not true/false: {requeue!r}")
         return msg
@@ -168,6 +184,8 @@ class Message:
             data = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
         except (ValueError, UnicodeDecodeError) as err:
             raise InvalidMessageError(f"not a JSON message: {err}") from None
+        except RecursionError:
+            raise InvalidMessageError("not a JSON message: nested too deeply") from None
         return cls.from_dict(data)
 
     def __eq__(self, other: object) -> bool:
@@ -176,6 +194,11 @@ class Message:
     def __repr__(self) -> str:
         lines = [f"{key} = {value}" for key, value in sorted(self.to_dict().items())]
         return os.linesep.join(lines)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 # The original package exported the class under its lower-case name.

@@ -54,6 +54,7 @@ import logging
 import math
 import os
 import socket
+import stat as stat_module
 import threading
 import time
 import uuid
@@ -75,7 +76,9 @@ REQUEUE_PREFIX = "requeue."
 #: errno values a network filesystem returns for a moment and then recovers from.
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.ESTALE,
                               errno.EAGAIN, errno.ECONNRESET, errno.ECONNABORTED,
-                              errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH})
+                              errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                              # a GlusterFS client's answer while it reconnects to its server
+                              getattr(errno, "EBADFD", 77)})
 #: errno values that mean "the file is not there (any more)": another process took it.
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE})
 
@@ -83,6 +86,7 @@ _HOST = socket.gethostname().split(".")[0].replace("/", "_") or "host"
 _token_lock = threading.Lock()
 _token = ""
 _token_count = 0
+_claimer = ""
 
 
 def unique_token() -> str:
@@ -95,9 +99,26 @@ def unique_token() -> str:
         return f"{_token}.{_token_count}"
 
 
+def claimer_tag() -> str:
+    """This process's tag for the work names of the messages it claims.
+
+    A claim must never rename onto a name that may exist: a node that still
+    has a claimed message's old name in its cache (NFS attribute cache, FUSE
+    entry timeout) would rename it onto the work file another node made, and
+    a rename of a file onto itself succeeds without asking the server.
+    With the claimer's tag in the work name the two names differ, so the
+    server is asked, and answers ENOENT."""
+    with _token_lock:
+        if not _token:
+            _new_token()
+        return _claimer
+
+
 def _new_token() -> None:
-    global _token, _token_count
-    _token, _token_count = f"{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}", 0
+    global _token, _token_count, _claimer
+    random = uuid.uuid4().hex
+    _token, _token_count = f"{_HOST}.{os.getpid()}.{random[:8]}", 0
+    _claimer = random[8:16]
 
 
 if hasattr(os, "register_at_fork"):  # a forked child must not reuse its parent's names
@@ -288,13 +309,41 @@ def list_folder(path: str, retry_timeout: float) -> list[str]:
     return retrying(lambda: os.listdir(path), f"list {path}", retry_timeout)
 
 
+def stat(path: str, retry_timeout: float) -> os.stat_result | None:
+    """``os.stat(path)``, or None if there is nothing at ``path``.
+
+    Unlike ``os.path.exists``, an error that is not "missing" (a server outage,
+    no permission) is never taken for "missing": it is retried if transient,
+    else raised as FilesystemError."""
+    try:
+        return retrying(lambda: os.stat(path), f"look at {path}", retry_timeout)
+    except FileNotFoundError:
+        return None
+    except FilesystemError as err:
+        if err.errno == errno.ENOTDIR:
+            return None
+        raise
+
+
+def is_folder(path: str, retry_timeout: float) -> bool:
+    """True if ``path`` is a folder; see :func:`stat` for errors."""
+    st = stat(path, retry_timeout)
+    return st is not None and stat_module.S_ISDIR(st.st_mode)
+
+
+def is_file(path: str, retry_timeout: float) -> bool:
+    """True if ``path`` is a regular file; see :func:`stat` for errors."""
+    st = stat(path, retry_timeout)
+    return st is not None and stat_module.S_ISREG(st.st_mode)
+
+
 def make_folder(path: str, retry_timeout: float, mode: int = 0o777) -> None:
     """Create ``path`` if missing (another process creating it too is fine)."""
     def mkdir() -> None:
         try:
             os.mkdir(path, mode)
         except FileExistsError:
-            if not os.path.isdir(path):
+            if not is_folder(path, retry_timeout):
                 raise
     retrying(mkdir, f"create folder {path}", retry_timeout)
 

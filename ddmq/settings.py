@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
+from . import protocol
 from .errors import SettingsError
+from .message import MAX_NUMBER, MAX_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +62,17 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
     """
     for key, value in values.items():
         if key in _INT_KEYS:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            ok = ok and (key != "message_timeout" or value > 0)
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_NUMBER
+            ok = ok and (key != "message_timeout" or 0 < value <= MAX_TIMEOUT)
         elif key in _NUMBER_KEYS:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and 0 <= value <= MAX_TIMEOUT)  # also refuses NaN and infinity
             ok = ok and (key != "poll_max" or value > 0)
         elif key in _BOOL_KEYS:
             ok = isinstance(value, bool)
         elif key == "requeue_limit":
-            ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool)
+                                   and 0 <= value <= MAX_NUMBER)
         else:
             log.debug("%s: unknown setting %r kept as it is", source, key)
             continue
@@ -132,24 +136,27 @@ class SettingsCache:
             if cached is not None and now < cached[0]:
                 return cached[2]
         path = os.path.join(folder, SETTINGS_FILE)
-        try:
-            st = os.stat(path)
-            signature: tuple | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except FileNotFoundError:
-            signature = None
-        if cached is not None and cached[1] == signature:
-            values = cached[2]
-        elif signature is None:
-            values = _EMPTY
+        # Settings are read before a queue's own retry_timeout is known.
+        retry = DEFAULTS["retry_timeout"]
+        for _ in range(3):  # the file may be replaced between stat and read: look again
+            st = protocol.stat(path, retry)
+            signature = None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino)
+            if cached is not None and cached[1] == signature:
+                values = cached[2]
+                break
+            if signature is None:
+                values = _EMPTY
+                break
+            data = protocol.read(path, retry)
+            if data is not None:
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise SettingsError(f"{path}: not a text file") from None
+                values = parse(text, path)
+                break
         else:
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    text = handle.read()
-            except FileNotFoundError:
-                text = ""
-            except UnicodeDecodeError:
-                raise SettingsError(f"{path}: not a text file") from None
-            values = parse(text, path)
+            values, signature = _EMPTY, None
         with self._lock:
             self._files[folder] = (now + RECHECK_SECONDS, signature, values)
         return values

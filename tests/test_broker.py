@@ -425,6 +425,25 @@ def test_folder_without_permission_gives_filesystem_error(b):
     assert drain(b) == ["works again"]
 
 
+def test_unreadable_queue_is_an_error_not_a_missing_queue(b):
+    """A queue folder that cannot be searched is reported as what it is; it
+    is never taken for a missing queue (which create=True would recreate)."""
+    folder = os.path.join(b.root, "q")
+    os.chmod(folder, 0o600)
+    try:
+        out = run_as_unprivileged(
+            "import ddmq, sys\n"
+            "b = ddmq.broker(sys.argv[1], create=True)\n"
+            "for call in (lambda: b.queue_exists('q'), lambda: b.get_message_list('q'),\n"
+            "             lambda: b.publish('q', 'x')):\n"
+            "    try:\n        call()\n"
+            "    except ddmq.DdmqError as e:\n        print(type(e).__name__, e.errno)\n", b.root)
+    finally:
+        os.chmod(folder, 0o755)
+    assert out.stdout.splitlines() == [f"FilesystemError {errno.EACCES}"] * 3, out.stderr
+    assert b.get_message_list("q") == ([], [])
+
+
 @contextlib.contextmanager
 def mounted_tmpfs(path: str, size: str):
     os.makedirs(path)

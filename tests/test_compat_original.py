@@ -111,3 +111,30 @@ b.publish('q', msg_text='x', requeue=True, requeue_prio=7, clean=False)
     assert (msg.requeue, msg.requeue_prio) == (True, 7)
     b.nack(msg)
     assert b.consume("q").priority == 7
+
+
+def test_original_handles_work_files_of_ddmq_claims(original, tmp_path):
+    """ddmq's work names carry its claimer's tag; the original acks them and
+    requeues them when their lease has expired (it reads only the expiry)."""
+    root = str(tmp_path / "root")
+    b = ddmq.broker(root, create=True)
+    b.publish("jobs", "acked by the original")
+    b.publish("jobs", "expired, requeued by the original", requeue=True)
+    held = b.consume("jobs")
+    expiring = b.consume("jobs")
+    assert held.filename.count(".") == 4  # EXPIRY.PRIO.QNUM.ddmqID.CLAIMER
+    expire(b, "jobs", expiring.filename)
+    (expired_name,) = [n for n in b.get_message_list("jobs")[1] if n != held.filename]
+    out = run_original(original, root, f"""
+b = ddmq.broker(root)
+b.ack('jobs', {held.filename!r}, clean=False)
+b.clean('jobs', force=True)
+print(b.get_message_list('jobs')[0])
+""")
+    assert expired_name not in out
+    waiting, work = b.get_message_list("jobs")
+    assert work == [] and len(waiting) == 1
+    again = b.consume("jobs")
+    assert again.message == "expired, requeued by the original"
+    assert again.requeue_counter == 1
+    b.ack(again)
