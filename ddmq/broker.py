@@ -55,6 +55,14 @@ REQUEUE_STALE_SECONDS = 60
 TMP_MAX_AGE_SECONDS = 3600
 #: After this many lost races in a row, the cached listing is stale: list again.
 RELIST_AFTER_LOST = 32
+#: A folder unchanged for this long (server clock) can be watched by its mtime.
+QUIET_SECONDS = 2.0
+#: An empty queue whose folder did not change is listed again after this long anyway
+#: (a safety net for attribute caches of network filesystems).
+IDLE_RELIST_SECONDS = 10.0
+#: Automatic housekeeping looks into tmp/ at most this often (what it seeks there
+#: is at least REQUEUE_STALE_SECONDS old).
+TMP_SCAN_SECONDS = 30.0
 #: Longest queue name: its folder and the names of its files must fit NAME_MAX (255).
 MAX_QUEUE_NAME = 128
 
@@ -106,7 +114,7 @@ def _check_int(name: str, value: Any, minimum: int, maximum: int = MAX_NUMBER) -
 class _Candidates:
     """One queue's cached, sorted listing, best message last (popped first)."""
 
-    __slots__ = ("entries", "listed_at", "relist_after", "streak", "lost_in_row")
+    __slots__ = ("entries", "listed_at", "relist_after", "streak", "lost_in_row", "empty_signature")
 
     def __init__(self) -> None:
         self.entries: list[tuple[int, int, str]] = []  # (-priority, -queue_number, name)
@@ -114,6 +122,8 @@ class _Candidates:
         self.relist_after = 0.5
         self.streak = 0.0
         self.lost_in_row = 0
+        # the folder's signature after a listing found it empty (see _quiet_signature)
+        self.empty_signature: tuple[int, int] | None = None
 
     def pick(self) -> str | None:
         """Take the next name to try, or None when the listing is used up."""
@@ -175,6 +185,8 @@ class Broker:
         self._folders: dict[str, str] = {}
         self._candidates: dict[str, _Candidates] = {}
         self._next_clean: dict[str, float] = {}
+        self._next_tmp_scan: dict[str, float] = {}
+        self._work_listing: dict[str, tuple[tuple[int, int] | None, list[str]]] = {}
         self._lease_guess: dict[str, float] = {}  # queue -> lease of the last message claimed
         self._watcher = FolderWatcher()
         self._instance = next(_INSTANCES)  # brokers of one process on two mounts claim apart
@@ -456,9 +468,14 @@ class Broker:
             fresh = time.monotonic() - cands.listed_at < cands.relist_after
             if cands.entries and fresh and cands.lost_in_row < RELIST_AFTER_LOST:
                 return cands.pick()
+            empty_signature = cands.empty_signature
         started = time.monotonic()
+        retry = settings["retry_timeout"]
+        if (empty_signature is not None and started - cands.listed_at < IDLE_RELIST_SECONDS
+                and self._quiet_signature(folder, retry) == empty_signature):
+            return None  # still empty: one stat instead of a listing (spares the file server)
         try:
-            names = protocol.list_folder(folder, settings["retry_timeout"])
+            names = protocol.list_folder(folder, retry)
         except FileNotFoundError:
             if self.create and not self.queue_exists(queue):
                 self.create_queue(queue)
@@ -471,7 +488,11 @@ class Broker:
                 entries.append((-parsed.priority, -parsed.queue_number, name))
         entries.sort()
         took = time.monotonic() - started
+        # Taken after the listing: a name added in between makes the folder
+        # "not quiet", so the next call lists again.
+        signature = None if entries else self._quiet_signature(folder, retry)
         with self._lock:
+            cands.empty_signature = signature
             cands.entries = entries
             cands.listed_at = time.monotonic()
             # List again after a pause 20x what listing cost: under 5% of the time
@@ -750,11 +771,12 @@ class Broker:
     # --- housekeeping ----------------------------------------------------------------
 
     def _maybe_clean(self, queue: str) -> None:
-        now = time.monotonic()
-        if now < self._next_clean.get(queue, 0.0):
+        """Housekeeping as a side effect of publish, consume and ack: at most
+        once per ``clean_interval``; its errors are logged, not raised."""
+        if time.monotonic() < self._next_clean.get(queue, 0.0):
             return
         try:
-            self.clean(queue, force=True)
+            self._housekeep(queue, self._queue_dir(queue), thorough=False)
         except QueueNotFoundError:
             pass
         except DdmqError as err:
@@ -768,15 +790,22 @@ class Broker:
         cleaned the queue in the last ``clean_interval`` seconds; returns
         whether it ran. Safe to run in many processes at once."""
         folder = self._require_existing(queue)
+        if not force and time.monotonic() < self._next_clean.get(queue, 0.0):
+            return False
+        self._housekeep(queue, folder, thorough=True)
+        return True
+
+    def _housekeep(self, queue: str, folder: str, thorough: bool) -> None:
+        """The work of :meth:`clean`. Unless ``thorough``, it spares the file
+        server: work/ is listed again only when it changed (the names hold
+        the expiries), tmp/ at most every TMP_SCAN_SECONDS."""
         settings = self._settings.effective(queue)
         now_mono = time.monotonic()
-        if not force and now_mono < self._next_clean.get(queue, 0.0):
-            return False
         self._next_clean[queue] = now_mono + float(settings["clean_interval"])
         retry = settings["retry_timeout"]
         now = self.clock.now()
         work = os.path.join(folder, WORK)
-        for name in self._list(work, retry):
+        for name in self._work_names(queue, work, retry, thorough):
             parsed = parse_work_name(name)
             if parsed is None or parsed[0] >= now:
                 continue
@@ -784,6 +813,9 @@ class Broker:
             if private is not None:
                 outcome = self._requeue_taken(queue, folder, private, None, drop_when_not_requeued=False)
                 log.info("lease of %s in %s expired: %s", name, queue, outcome)
+        if not thorough and now_mono < self._next_tmp_scan.get(queue, 0.0):
+            return
+        self._next_tmp_scan[queue] = now_mono + TMP_SCAN_SECONDS
         tmp = os.path.join(folder, TMP)
         for name in self._list(tmp, retry):
             path = os.path.join(tmp, name)
@@ -803,7 +835,30 @@ class Broker:
                 if age > TMP_MAX_AGE_SECONDS:
                     log.info("removing temporary file of a dead publisher: %s", name)
                     protocol.remove(path, retry)
-        return True
+
+    def _work_names(self, queue: str, work: str, retry: float, fresh: bool) -> list[str]:
+        """The names in ``work``, from the last listing if the folder has not
+        changed since (and ``fresh`` is false)."""
+        cached = self._work_listing.get(queue)
+        if not fresh and cached is not None and cached[0] is not None:
+            if self._quiet_signature(work, retry) == cached[0]:
+                return cached[1]
+        names = self._list(work, retry)
+        self._work_listing[queue] = (self._quiet_signature(work, retry), names)
+        return names
+
+    def _quiet_signature(self, folder: str, retry: float) -> tuple[int, int] | None:
+        """(mtime, inode) of ``folder`` if it has not changed for QUIET_SECONDS
+        by the file server's clock; else (or if it is missing) None.
+
+        A listing taken before this signature is still right while the
+        signature stays the same: adding or removing a name sets the folder's
+        mtime to the server's "now", which differs from a time QUIET_SECONDS
+        old whatever the timestamps' granularity."""
+        st = protocol.stat(folder, retry)
+        if st is None or self.clock.now() - st.st_mtime < QUIET_SECONDS:
+            return None
+        return st.st_mtime_ns, st.st_ino
 
     def clean_all(self) -> None:
         """Run :meth:`clean` (forced) on every queue of the root."""

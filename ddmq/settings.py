@@ -31,7 +31,7 @@ from .message import MAX_NUMBER, MAX_TIMEOUT
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "ddmq.yaml"
-RECHECK_SECONDS = 1.0
+RECHECK_SECONDS = 5.0
 _EMPTY: dict[str, Any] = {}
 
 #: Every key ddmq understands, with its default. The first five are the

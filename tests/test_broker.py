@@ -500,3 +500,37 @@ def test_nack_without_counting_gives_the_message_back_untouched(b):
     assert (again.message, again.priority, again.requeue_counter) == ("x", 5, 0)
     b.nack(again)  # a counted requeue past the limit of 0: dead letter
     assert b.consume("q") is None and len(b.list_dead("q")) == 1
+
+
+POLLING_CONSUMER = """
+import sys, time, ddmq
+from ddmq import watch
+watch._libc = None  # no inotify: wait by polling, as on a network filesystem
+b = ddmq.broker(sys.argv[1])
+assert b.consume('q') is None  # lists the empty, quiet queue once
+print('listed', flush=True)
+started = time.monotonic()
+msg = b.consume('q', wait=float(sys.argv[2]))
+print(msg.message if msg else None, round(time.monotonic() - started, 1), flush=True)
+"""
+
+
+def test_polling_consumer_of_a_quiet_empty_queue_sees_new_messages(b):
+    """An idle consumer looks at an unchanged empty queue with one stat
+    instead of a listing; a message published by another process still
+    reaches it at its next poll, well before the safety relisting."""
+    from ddmq.broker import IDLE_RELIST_SECONDS
+    folder = os.path.join(b.root, "q")
+    os.utime(folder, (time.time() - 60, time.time() - 60))  # quiet for a minute
+    consumer = subprocess.Popen([sys.executable, "-c", POLLING_CONSUMER, b.root,
+                                 str(IDLE_RELIST_SECONDS - 2)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert consumer.stdout.readline() == "listed\n"
+        time.sleep(1.5)  # the consumer is now skipping listings
+        b.publish("q", "seen")
+        out = consumer.stdout.readline().split()
+    finally:
+        consumer.kill()
+        consumer.wait()
+    assert out[0] == "seen", out
