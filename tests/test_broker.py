@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -15,7 +14,7 @@ import pytest
 
 import ddmq
 from ddmq import protocol
-from conftest import expire, tree
+from conftest import expire, mounted_tmpfs, run_as_unprivileged, tree
 
 
 def drain(broker, queue="q"):
@@ -396,18 +395,6 @@ def test_transient_errors_are_retried_then_raised():
     assert isinstance(caught.value, OSError)
 
 
-def run_as_unprivileged(code: str, *args: str) -> subprocess.CompletedProcess:
-    """Run ``python -c code`` so that folder permissions apply to it: as root,
-    without the capabilities that override them (setpriv)."""
-    command = [sys.executable, "-c", code, *args]
-    if os.geteuid() == 0:
-        drop = "-dac_override,-dac_read_search"
-        command = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *command]
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(ddmq.__file__)))
-    return subprocess.run(command, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": repo})
-
-
 def test_folder_without_permission_gives_filesystem_error(b):
     tmp = os.path.join(b.root, "q", "tmp")
     os.chmod(tmp, 0o555)
@@ -444,23 +431,10 @@ def test_unreadable_queue_is_an_error_not_a_missing_queue(b):
     assert b.get_message_list("q") == ([], [])
 
 
-@contextlib.contextmanager
-def mounted_tmpfs(path: str, size: str):
-    os.makedirs(path)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
-                          capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", path], check=True)
-
-
 def test_full_filesystem_gives_clear_error_and_recovers(tmp_path):
     """A real, small tmpfs filled up: publish fails cleanly, nothing partial is
     visible, and the queue works again once there is space."""
-    with mounted_tmpfs(str(tmp_path / "small"), "200k") as mount:
+    with mounted_tmpfs(str(tmp_path / "small"), "size=200k") as mount:
         b = ddmq.broker(os.path.join(mount, "r"), create=True)
         b.create_queue("q")
         big = "x" * 20_000
@@ -479,7 +453,7 @@ def test_full_filesystem_gives_clear_error_and_recovers(tmp_path):
 
 
 def test_read_only_filesystem_gives_clear_error(tmp_path):
-    with mounted_tmpfs(str(tmp_path / "ro"), "1m") as mount:
+    with mounted_tmpfs(str(tmp_path / "ro"), "size=1m") as mount:
         b = ddmq.broker(os.path.join(mount, "r"), create=True)
         b.create_queue("q")
         b.publish("q", "kept")

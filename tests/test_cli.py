@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 import ddmq
-from conftest import expire
+from conftest import expire, populate
 from ddmq.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -516,16 +516,10 @@ def populated(tmp_path):
     """A root with queue q holding a waiting message, one at work and a dead letter;
     a folder that is not a root; and the path of one that does not exist."""
     root = tmp_path / "root"
-    b = ddmq.broker(root, create=True)
-    b.create_queue("q")
-    b.publish("q", "at work")
-    work = b.consume("q").filename
-    b.publish("q", "to reject")
-    dead = b.reject(b.consume("q"))
-    b.publish("q", "waiting")
+    made = populate(root)
     (tmp_path / "plain").mkdir()
     return {"root": str(root), "fresh": str(tmp_path / "fresh"), "plain": str(tmp_path / "plain"),
-            "work": work, "dead": dead}
+            **made}
 
 
 @pytest.mark.parametrize("argv, status, words", BAD, ids=[" ".join(case[0])[:60] or "<none>" for case in BAD])

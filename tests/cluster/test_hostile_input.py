@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 import ddmq
 from ddmq.cli import COMMANDS, main
+from conftest import populate
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
@@ -49,13 +50,8 @@ def snapshot(path: str) -> dict[str, object]:
 def sandbox(tmp_path, monkeypatch):
     """sandbox/{root (a root with queue q: a waiting message, one at work, a dead letter),
     plain (a folder that is no root), cwd (the working directory), outside (a canary)}."""
-    b = ddmq.broker(tmp_path / "root", create=True)
-    b.create_queue("q")
-    b.publish("q", "at work")
-    work = b.consume("q").filename
-    b.publish("q", "to reject")
-    dead = b.reject(b.consume("q"))
-    b.publish("q", "waiting")
+    made = populate(tmp_path / "root")
+    work, dead = made["work"], made["dead"]
     for name in ("plain", "cwd", "outside"):
         (tmp_path / name).mkdir()
     (tmp_path / "outside" / "canary").write_text("do not touch")

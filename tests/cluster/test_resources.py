@@ -21,21 +21,9 @@ import pytest
 
 import ddmq
 from ddmq.cli import main
+from conftest import mounted_tmpfs, run_as_unprivileged
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@contextlib.contextmanager
-def tmpfs(path: str, options: str):
-    os.makedirs(path)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path],
-                          capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", path], check=True)
 
 
 def fill_space(path: str) -> str:
@@ -105,7 +93,7 @@ def test_full_filesystem_consume_ack_nack_and_clean(tmp_path, monkeypatch, capsy
     publish, nack and the requeue of an expired lease fail with ENOSPC, and the message they
     were about stays safe (taken privately, never half-written); once space returns it is
     back in the queue and the queue works as before."""
-    with tmpfs(str(tmp_path / "full"), options) as mount:
+    with mounted_tmpfs(str(tmp_path / "full"), options) as mount:
         b = ddmq.broker(os.path.join(mount, "r"), create=True)
         b.create_queue("q")
         for i in range(5):
@@ -165,7 +153,7 @@ def test_full_filesystem_consume_ack_nack_and_clean(tmp_path, monkeypatch, capsy
 def test_read_only_filesystem_ack_consume_and_cli(tmp_path, capsys):
     """On a read-only filesystem every change fails with EROFS and changes nothing; a lease
     held meanwhile is still ours once the filesystem is writable again."""
-    with tmpfs(str(tmp_path / "ro"), "size=1m") as mount:
+    with mounted_tmpfs(str(tmp_path / "ro"), "size=1m") as mount:
         b = ddmq.broker(os.path.join(mount, "r"), create=True)
         b.create_queue("q")
         for i in range(3):
@@ -195,17 +183,6 @@ def test_read_only_filesystem_ack_consume_and_cli(tmp_path, capsys):
 
 # --- permission ----------------------------------------------------------------------------
 
-def unprivileged(code: str, *args: str) -> subprocess.CompletedProcess:
-    """``python -c code args`` without the capabilities that override file permissions (as
-    root: setpriv), so that a folder's mode applies to it."""
-    command = [sys.executable, "-c", code, *args]
-    if os.geteuid() == 0:
-        drop = "-dac_override,-dac_read_search"
-        command = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *command]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": REPO})
-
-
 CONSUME = """
 import sys, ddmq
 try:
@@ -230,8 +207,8 @@ def test_folder_without_permission_consume_and_cli(b, folder, mode):
     before = tree(b.root)
     os.chmod(path, mode)
     try:
-        lib = unprivileged(CONSUME, b.root)
-        cmd = unprivileged(CLI, "consume", b.root, "q")
+        lib = run_as_unprivileged(CONSUME, b.root)
+        cmd = run_as_unprivileged(CLI, "consume", b.root, "q")
     finally:
         os.chmod(path, 0o755)
     assert lib.stdout.split()[:2] == ["FilesystemError", str(errno.EACCES)], lib.stdout + lib.stderr
