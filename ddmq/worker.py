@@ -338,7 +338,8 @@ class Worker:
         try:
             self.broker.ack(self.queue, [a.msg.filename for a in done])
         except LeaseLostError as err:
-            log.debug("lease already lost at ack: %s", ", ".join(err.missing))
+            log.warning("lease already lost at ack (the task was requeued and may run again "
+                        "elsewhere; the executor keeps the first result): %s", ", ".join(err.missing))
         except DdmqError as err:
             log.warning("cannot ack %d task(s): %s (they may run again; their duplicate "
                         "results will be ignored)", len(done), err)

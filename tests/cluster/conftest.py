@@ -16,8 +16,8 @@ import os
 
 import pytest
 
-from .harness import (FIGURES, HERE, Agents, Cluster, TestbedError, precondition_problem, record,
-                      remove_stale_clusters)
+from .harness import (FIGURES, HERE, Agents, Cluster, TestbedError, Workers, precondition_problem,
+                      record, remove_stale_clusters)
 
 
 def pytest_configure(config):
@@ -72,6 +72,13 @@ def _recovered_cluster(request):
 @pytest.fixture
 def agents(tmp_path):
     group = Agents(str(tmp_path / "agents"))
+    yield group
+    group.close()
+
+
+@pytest.fixture
+def workers(tmp_path):
+    group = Workers(str(tmp_path / "workers"))
     yield group
     group.close()
 

@@ -305,13 +305,18 @@ class Agents:
         raise AssertionError(f"agent {name} wrote no summary: {self.error(name)}")
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    pass
+        kill_all(self.procs.values())
+
+
+def kill_all(procs: Iterable[subprocess.Popen]) -> None:
+    """SIGKILL the processes still running, and reap them."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def read_log(path: str) -> list[list[str]]:
@@ -411,13 +416,7 @@ class Workers:
         return {p.pid: n for n, p in self.procs.items()}
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    pass
+        kill_all(self.procs.values())
 
 
 #: Worker log lines that say the worker was told its lease was lost (ddmq/worker.py).
