@@ -449,8 +449,10 @@ class Broker:
     def _claim(self, queue: str, folder: str, n: int) -> list[Message]:
         settings = self._settings.effective(queue)
         got: list[Message] = []
+        listed = False  # list at most once per call: what one listing missed, the next call finds
         while len(got) < n:
-            name = self._next_candidate(queue, folder, settings)
+            name, fresh_listing = self._next_candidate(queue, folder, settings, not listed)
+            listed = listed or fresh_listing
             if name is None:
                 break
             msg = self._claim_one(queue, folder, name, settings)
@@ -462,24 +464,29 @@ class Broker:
                 got.append(msg)
         return got
 
-    def _next_candidate(self, queue: str, folder: str, settings: dict[str, Any]) -> str | None:
+    def _next_candidate(self, queue: str, folder: str, settings: dict[str, Any],
+                        may_list: bool) -> tuple[str | None, bool]:
+        """The next waiting name to try, from the cached listing or (if
+        ``may_list``) a new one; and whether a new listing was taken."""
         with self._lock:
             cands = self._candidates.setdefault(queue, _Candidates())
             fresh = time.monotonic() - cands.listed_at < cands.relist_after
-            if cands.entries and fresh and cands.lost_in_row < RELIST_AFTER_LOST:
-                return cands.pick()
+            if cands.entries and (not may_list or (fresh and cands.lost_in_row < RELIST_AFTER_LOST)):
+                return cands.pick(), False
+            if not may_list:
+                return None, False
             empty_signature = cands.empty_signature
         started = time.monotonic()
         retry = settings["retry_timeout"]
         if (empty_signature is not None and started - cands.listed_at < IDLE_RELIST_SECONDS
                 and self._quiet_signature(folder, retry) == empty_signature):
-            return None  # still empty: one stat instead of a listing (spares the file server)
+            return None, False  # still empty: one stat instead of a listing (spares the server)
         try:
             names = protocol.list_folder(folder, retry)
         except FileNotFoundError:
             if self.create and not self.queue_exists(queue):
                 self.create_queue(queue)
-                return None
+                return None, True
             raise QueueNotFoundError(f"queue {queue!r} does not exist in {self.root}") from None
         entries = []
         for name in names:
@@ -499,7 +506,7 @@ class Broker:
             # goes to listing, however deep the queue.
             cands.relist_after = max(0.5, 20 * took)
             cands.lost_in_row = 0
-            return cands.pick()
+            return cands.pick(), True
 
     def _claim_one(self, queue: str, folder: str, name: str, settings: dict[str, Any]) -> Message | None:
         """Claim the waiting file ``name``: rename it into work/, then read it.
