@@ -41,7 +41,8 @@ from .errors import (DdmqError, FilesystemError, InvalidMessageError, InvalidNam
                      LeaseLostError, MessageNotFoundError, QueueNotFoundError,
                      RootMissingError, RootUninitiatedError)
 from .message import (DEAD_REASONS, MAX_NUMBER, MAX_TIMEOUT, Message, WaitingName,
-                      next_queue_number, parse_dead_name, parse_waiting_name, parse_work_name)
+                      next_queue_number, parse_dead_name, parse_waiting_name, parse_work_name,
+                      short_repr)
 from .protocol import DEAD, REQUEUE_PREFIX, TMP, WORK
 from .settings import DEFAULTS, SETTINGS_FILE, SettingsCache, write_file
 from .watch import FolderWatcher
@@ -106,9 +107,8 @@ def _waiting_name(work_name: str) -> str:
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int = MAX_NUMBER) -> None:
     if value is not None and (type(value) is not int or not minimum <= value <= maximum):
-        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
         raise InvalidMessageError(f"{name} must be a whole number from {minimum} to {maximum}, "
-                                  f"not {shown}")
+                                  f"not {short_repr(value)}")
 
 
 class _Candidates:

@@ -169,7 +169,7 @@ class Message:
             value = getattr(msg, field)
             if value is not None and (type(value) is not int or not 0 <= value <= MAX_NUMBER):
                 raise InvalidMessageError(f"message field {field!r} is not a whole number "
-                                          f"from 0 to {MAX_NUMBER}: {_short(value)}")
+                                          f"from 0 to {MAX_NUMBER}: {short_repr(value)}")
         if msg.timeout is not None and msg.timeout > MAX_TIMEOUT:
             raise InvalidMessageError(f"message field 'timeout' is over {MAX_TIMEOUT} s: {msg.timeout}")
         if requeue is not None and type(requeue) is not bool:
@@ -196,7 +196,8 @@ class Message:
         return os.linesep.join(lines)
 
 
-def _short(value: Any, limit: int = 40) -> str:
+def short_repr(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters (for error messages)."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}..."
 
