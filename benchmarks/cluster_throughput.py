@@ -1,7 +1,7 @@
 """Cluster benchmark: ddmq on the GlusterFS testbed of tests/cluster (issue 4, "Benchmarks").
 
 Two measurements on one testbed (a GlusterFS server and three FUSE client "nodes" a, b, c on
-this machine, see tests/cluster/harness.py and FINDINGS.md):
+this machine, see tests/cluster/harness.py and the README, "Running on a cluster"):
 
 1. Queue throughput, network mount against local disk. Exactly the measurement of
    ``benchmarks/queue_throughput.py`` (whose functions this script calls): one process
@@ -32,7 +32,7 @@ this machine, see tests/cluster/harness.py and FINDINGS.md):
    node counts rotates between repetitions), waits until every worker wrote its heartbeat, warms
    up with one round trip, then runs ``sleep`` and ``noop``. Workers run with ``-v``; their
    logs give the tasks each one ran. A task run twice (a duplicate after a lost lease, or two
-   nodes claiming one message, FINDINGS.md bug 1) shows as more task runs than tasks submitted
+   nodes claiming one message through a stale name cache) shows as more task runs than tasks submitted
    and as replies the executor dropped as "not pending".
 
 The testbed: by default this script brings up its own (tag ``bench<pid>``, state
@@ -395,8 +395,8 @@ def summarize_executor(runs: list[Run]) -> list[dict[str, Any]]:
 def executor_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     f = qt.fmt
     lines = [
-        f"| worker nodes | workers | sleep tasks/s | ideal | **efficiency** | speed-up vs 1 node "
-        f"| noop tasks/s | speed-up vs 1 node | start-up s | extra runs / dropped replies |",
+        "| worker nodes | workers | sleep tasks/s | ideal | **efficiency** | speed-up vs 1 node "
+        "| noop tasks/s | speed-up vs 1 node | start-up s | extra runs / dropped replies |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -650,8 +650,7 @@ def main(argv: list[str]) -> int:
             if extra or any(r["dropped_replies"] for r in results["executor_runs"]):
                 results["notes"].append(
                     f"{extra} task(s) ran more than once (see extra runs and dropped replies; "
-                    "with no worker lost, that is two nodes claiming one message, "
-                    "tests/cluster/FINDINGS.md bug 1).")
+                    "with no worker lost, that is two nodes claiming one message: a bug).")
     except KeyboardInterrupt:
         progress("interrupted" + keep_logs(logs))
         return 130

@@ -1,2 +1,3 @@
 """Tests on a real shared filesystem (a GlusterFS testbed of three nodes), under faults and
-hostile input: issue 4. See conftest.py and harness.py; figures in FINDINGS.md."""
+hostile input: issue 4. See conftest.py and harness.py; figures in the README,
+"Running on a cluster"."""

@@ -270,12 +270,7 @@ class Agents:
     def wait(self, names: Iterable[str] | None = None, timeout: float = 120) -> None:
         """Wait for the named agents (default: all); each must exit 0."""
         names = list(self.procs) if names is None else list(names)
-        deadline = time.monotonic() + timeout
-        for name in names:
-            try:
-                self.procs[name].wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+        wait_all([self.procs[name] for name in names], timeout)
         hung = [n for n in names if self.procs[n].poll() is None]
         assert not hung, f"agents still running after {timeout}s: {hung}"
         failed = {n: self.error(n) for n in names if self.procs[n].returncode != 0}
@@ -306,6 +301,16 @@ class Agents:
 
     def close(self) -> None:
         kill_all(self.procs.values())
+
+
+def wait_all(procs: Iterable[subprocess.Popen], timeout: float) -> None:
+    """Wait for the processes to exit, ``timeout`` seconds for all of them together."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def kill_all(procs: Iterable[subprocess.Popen]) -> None:
@@ -397,12 +402,7 @@ class Workers:
         for name in names:
             if self.procs[name].poll() is None:
                 self.procs[name].send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for name in names:
-            try:
-                self.procs[name].wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+        wait_all([self.procs[name] for name in names], timeout)
         return {name: self.procs[name].returncode for name in names}
 
     def text(self, name: str) -> str:

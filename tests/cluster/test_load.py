@@ -125,7 +125,7 @@ def test_idle_consumer_and_each_message_cost_the_server_little(cluster: Cluster,
 
 def test_queue_throughput_on_the_shared_volume_and_on_local_disk(cluster: Cluster, tmp_path):
     """benchmarks/queue_throughput.py, one repetition of 1,000 messages, on node a's mount and
-    on local disk (/var/tmp); the figures go to the README (see FINDINGS.md to rerun longer)."""
+    on local disk (/var/tmp); longer runs: benchmarks/cluster_throughput.py."""
     out = tmp_path / "queue_throughput.json"
     done = subprocess.run(
         [sys.executable, os.path.join(REPO, "benchmarks", "queue_throughput.py"),
