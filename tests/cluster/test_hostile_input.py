@@ -16,11 +16,14 @@ file runs in well under a minute. No cluster needed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import copy
 import io
 import itertools
 import json
 import os
+import uuid
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -28,6 +31,7 @@ from hypothesis import strategies as st
 
 import ddmq
 from ddmq.cli import COMMANDS, main
+from ddmq.executor import payload
 from conftest import populate
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -301,3 +305,107 @@ def test_message_paths_never_escape_the_root(sandbox, path):
             pass
     assert snapshot(sandbox["outside"]) == outside, path
     assert set(os.listdir(sandbox["base"])) <= {"root", "plain", "cwd", "outside"}, path
+
+
+# --- signed payloads ---------------------------------------------------------------------------
+
+SECRET = bytes(range(32))
+
+
+def _touch(path: str) -> None:
+    with open(path, "w", encoding="utf-8"):
+        pass
+
+
+class Canary:
+    """Unpickling it creates a file: proof that a payload was unpickled."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return _touch, (self.path,)
+
+
+def _envelopes(canary: str) -> dict[str, dict]:
+    return {"task": payload.dump_task(SECRET, "t.1", "reply-1", print, [((Canary(canary),), {})]),
+            "result": payload.dump_result(SECRET, "t.1", "reply-1", "host:1",
+                                          [(True, Canary(canary), None)])}
+
+
+def _open(kind: str, doc: dict, root: str):
+    """What a worker (task) or an executor (result) does with an envelope it receives."""
+    if kind == "task":
+        task, reply, data = payload.check_task(SECRET, doc, root)
+        return payload.load_task(data)
+    return payload.load_result(SECRET, "reply-1", doc)
+
+
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20),
+                        st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5),
+                                                                             st.integers(), max_size=2))
+
+
+@st.composite
+def tamperings(draw):
+    """(kind offered, kind signed, description, function that tampers with a
+    copy of the signed envelope in place)."""
+    kind = draw(st.sampled_from(["task", "result"]))
+    how = draw(st.sampled_from(["flip payload byte", "set field", "drop field", "other secret",
+                                "unsigned", "swap kind"]))
+    if how == "flip payload byte":
+        index, mask = draw(st.integers(0, 10_000)), draw(st.integers(1, 255))
+
+        def tamper(doc):
+            data = bytearray(base64.b64decode(doc["payload"]))
+            data[index % len(data)] ^= mask
+            doc["payload"] = base64.b64encode(bytes(data)).decode()
+        return kind, kind, f"{how} {index} ^ {mask}", tamper
+    if how in ("set field", "drop field"):
+        key = draw(st.sampled_from(["v", "task", "reply", "sig", "payload", "file", "worker"]))
+        value = draw(JSON_VALUES)
+
+        def tamper(doc):
+            if how == "drop field":
+                doc.pop(key, None)
+            else:
+                doc[key] = value
+        return kind, kind, f"{how} {key}={value!r}", tamper
+    if how == "other secret":
+        other = draw(st.binary(min_size=32, max_size=32).filter(lambda b: b != SECRET))
+
+        def tamper(doc):
+            reply = doc.get("reply", "reply-1")
+            doc["sig"] = payload.sign(other, kind, doc["task"], reply, base64.b64decode(doc["payload"]))
+        return kind, kind, how, tamper
+    if how == "unsigned":
+        return kind, kind, how, lambda doc: doc.pop("sig")
+
+    def tamper(doc):  # a result offered as a task (with the reply a task names), and the reverse
+        doc["reply"] = "reply-1"
+    return kind, ("result" if kind == "task" else "task"), how, tamper
+
+
+@FUZZ
+@given(tamperings())
+def test_tampered_or_unsigned_payloads_are_refused_before_unpickling(tmp_path, tampering):
+    """Every envelope changed after signing, signed with another secret, or not
+    signed at all is refused with SignatureError, and nothing of it is unpickled;
+    an untouched one is accepted (and unpickled)."""
+    kind, signed_as, description, tamper = tampering
+    canary = str(tmp_path / f"unpickled-{uuid.uuid4().hex}")
+    envelopes = _envelopes(canary)
+    doc = copy.deepcopy(envelopes[signed_as])
+    tamper(doc)
+    if signed_as == kind and _same_signed_content(doc, envelopes[kind], kind):
+        return  # the change touched nothing that is signed or read
+    with pytest.raises((payload.SignatureError, payload.PayloadMissingError)):
+        _open(kind, doc, str(tmp_path))
+    assert not os.path.exists(canary), f"unpickled after: {description}"
+    _open(kind, copy.deepcopy(envelopes[kind]), str(tmp_path))
+    assert os.path.exists(canary), "the untouched envelope was not accepted"
+
+
+def _same_signed_content(doc: dict, original: dict, kind: str) -> bool:
+    read = ["v", "task", "sig", "payload", "file"] + (["reply"] if kind == "task" else [])
+    return all(doc.get(key, KeyError) == original.get(key, KeyError) for key in read)
