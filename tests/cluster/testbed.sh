@@ -302,7 +302,8 @@ cmd_down() {
   # 2. unmount every client mount (a FUSE client exits when its mount goes away)
   if [ -f "$STATE/pids" ]; then
     while read -r _ _ mnt; do
-      if [ -n "${mnt:-}" ] && mountpoint -q "$mnt"; then
+      # findmnt, not mountpoint: a mount whose FUSE client died fails stat with ENOTCONN
+      if [ -n "${mnt:-}" ] && findmnt -rn -o TARGET | grep -qxF "$mnt"; then
         timeout 20 umount "$mnt" 2>/dev/null || umount -l "$mnt"
       fi
     done < "$STATE/pids"
