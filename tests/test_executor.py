@@ -82,6 +82,18 @@ def make_lock():
     return threading.Lock()
 
 
+class PicklesAfterGate:
+    """Pickles as ``int(value)``, once ``gate`` exists: holds ``map`` up while it publishes."""
+
+    def __init__(self, value, gate):
+        self.value, self.gate = value, gate
+
+    def __reduce__(self):
+        if self.gate:
+            wait_for(self.gate)
+        return (int, (self.value,))
+
+
 class Unrebuildable(Exception):
     """Pickles, but cannot be unpickled: its __init__ wants two arguments."""
 
@@ -197,6 +209,24 @@ def test_map_raises_where_the_failing_call_is(ex):
     assert [next(results) for _ in range(5)] == [0, 1, 4, 9, 16]
     with pytest.raises(CustomError, match="five"):
         next(results)
+
+
+def test_results_keep_coming_while_a_map_is_still_publishing(ex, tmp_path):
+    # The collector pauses while map publishes its chunks, but never for long.
+    gate = str(tmp_path / "go")
+    items = [PicklesAfterGate(2, ""), PicklesAfterGate(3, gate), PicklesAfterGate(4, "")]
+    mapped = []
+    mapping = threading.Thread(target=lambda: mapped.append(list(ex.map(square, items, chunksize=1))))
+    mapping.start()
+    try:
+        # The first result wakes the collector from its wait; it must then
+        # come back from its pause for the others.
+        assert [ex.submit(square, x).result(timeout=LONG) for x in (6, 7, 8)] == [36, 49, 64]
+        assert not os.path.exists(gate) and mapping.is_alive()  # map still publishing
+    finally:
+        open(gate, "w").close()
+        mapping.join(LONG)
+    assert mapped == [[4, 9, 16]]
 
 
 def test_as_completed_wait_and_callbacks(ex):

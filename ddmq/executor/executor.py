@@ -86,6 +86,10 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL = 2.0
 #: Most reply messages the collector claims at once.
 REPLY_BATCH = 256
+#: Longest pause (s) of the collector while ``map`` publishes its chunks.
+#: Both threads need the GIL: the pause lets ``map`` publish at full speed,
+#: and the collector then takes the replies that came meanwhile in one batch.
+MAP_PAUSE_MAX = 0.05
 #: Worker count assumed for choosing a chunk size when none can be seen.
 DEFAULT_WORKER_GUESS = 16
 #: Local workers that die before they ever started, in a row, that break the executor.
@@ -234,6 +238,9 @@ class DDMQExecutor(Executor):
         self._submit_lock = threading.Lock()  # _shutdown, _broken, publishing
         self._pending: dict[str, _Task] = {}
         self._by_msg_id: dict[str, str] = {}
+        self._mapping = 0  # map calls publishing their chunks (guarded by _lock)
+        self._collect_now = threading.Event()  # clear while _mapping (see MAP_PAUSE_MAX)
+        self._collect_now.set()
         self._shutdown = False
         self._abandon = False
         self._broken: str | None = None
@@ -334,6 +341,9 @@ class DDMQExecutor(Executor):
         if chunksize is None:
             chunksize = self._auto_chunksize(len(calls))
         futures: list[_TaskFuture] = []
+        with self._lock:
+            self._mapping += 1
+            self._collect_now.clear()
         try:
             for start in range(0, len(calls), chunksize):
                 futures.append(self._submit(fn, calls[start:start + chunksize], single=False))
@@ -341,6 +351,11 @@ class DDMQExecutor(Executor):
             for future in futures:
                 future.cancel()
             raise
+        finally:
+            with self._lock:
+                self._mapping -= 1
+                if not self._mapping:
+                    self._collect_now.set()
         del calls
         return _results(futures, end_time)
 
@@ -461,6 +476,7 @@ class DDMQExecutor(Executor):
                 with self._lock:
                     if self._shutdown and (not self._pending or self._abandon):
                         break
+                self._collect_now.wait(MAP_PAUSE_MAX)
                 try:
                     msgs = self._broker.consume(self.reply_queue, n=REPLY_BATCH,
                                                 wait=max(0.0, next_housekeeping - time.monotonic()))
