@@ -207,6 +207,17 @@ def write_new_file(tmp_dir: str, final_path: str, data: bytes, fsync: bool,
     except OSError:
         try:
             retrying(lambda: os.rename(temp, final_path), f"publish {final_path}", retry_timeout)
+        except FileNotFoundError:
+            # The temporary file is ours alone and far younger than the age at which
+            # housekeeping removes stale ones (broker.TMP_MAX_AGE_SECONDS), so
+            # if it is gone while the destination folder is there, the failed try
+            # did the rename: the server did it and its answer was lost. Publishing
+            # again would put a second copy in the queue.
+            if not is_folder(os.path.dirname(final_path), retry_timeout):
+                _unlink_quietly(temp)
+                raise
+            log.warning("publish %s: the rename reported failed had been done: published once",
+                        final_path)
         except BaseException:
             _unlink_quietly(temp)
             raise

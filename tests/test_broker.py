@@ -395,6 +395,32 @@ def test_transient_errors_are_retried_then_raised():
     assert isinstance(caught.value, OSError)
 
 
+def test_a_publish_whose_rename_answer_was_lost_is_not_published_twice(b, monkeypatch):
+    """On a network filesystem the server may do a rename and lose its answer
+    (the client sees ENOTCONN, as the GlusterFS fault scenario showed); the
+    retry then finds the temporary file gone. That publish succeeded: the
+    message must not be published again, even after another node took it."""
+    real_rename = os.rename
+    queue_dir = os.path.join(b.root, "q") + os.sep
+    other = ddmq.broker(b.root)
+    taken = []
+
+    def rename_answer_lost(src, dst):
+        real_rename(src, dst)
+        if not taken and os.path.dirname(dst) + os.sep == queue_dir:
+            taken.append(other.consume("q"))  # another node claims it at once
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    monkeypatch.setattr(os, "rename", rename_answer_lost)
+    msg = b.publish("q", "once")
+    monkeypatch.undo()
+    assert taken[0] is not None and taken[0].message == "once" and taken[0].id == msg.id
+    assert b.get_message_list("q") == ([], [taken[0].filename])  # no second copy waiting
+    assert os.listdir(os.path.join(b.root, "q", "tmp")) == []
+    other.ack(taken[0])
+    assert drain(b) == []
+
+
 def test_folder_without_permission_gives_filesystem_error(b):
     tmp = os.path.join(b.root, "q", "tmp")
     os.chmod(tmp, 0o555)
