@@ -54,7 +54,7 @@ from . import __version__
 from .broker import Broker, check_queue_name
 from .errors import DdmqError, InvalidNameError, LeaseLostError, QueueNotFoundError
 from .executor import heartbeat as heartbeat_mod
-from .executor.payload import (PayloadMissingError, SignatureError, check_task, discard,
+from .executor.payload import (Failure, PayloadMissingError, SignatureError, check_task, discard,
                                dump_result, failure, load_secret, load_task, refusal, spill_folder)
 from .message import Message
 from .watch import FolderWatcher
@@ -288,17 +288,17 @@ class Worker:
         if running.lease / 3 < KEEPER_TICK:
             self._wake.set()  # the keeper's next tick would come too late for this lease
         try:
-            outcomes = self._run(task, payload)
+            values, failures = self._run(task, payload)
         finally:
             with self._lock:  # from here on the keeper no longer touches msg
                 self._running = None
         spill = spill_folder(self.root, reply)
         try:
-            result = dump_result(self.secret, task, reply, self.name, outcomes, spill)
+            result = dump_result(self.secret, task, reply, self.name, values, failures, spill)
         except Exception as err:  # noqa: BLE001 (the executor must hear of it, whatever it is)
             error = pickle.PicklingError(f"on worker {self.name}, the outcome of task {task} cannot "
                                          f"be sent back: {type(err).__name__}: {err}")
-            result = dump_result(self.secret, task, reply, self.name, [(False, error, None)])
+            result = dump_result(self.secret, task, reply, self.name, None, [(None, error, None)])
         if running.lease_lost:
             log.warning("task %s ran past a lost lease (another worker may run it again); "
                         "sending its result anyway: the executor keeps the first one", task)
@@ -345,22 +345,24 @@ class Worker:
                         "results will be ignored)", len(done), err)
         log.debug("done: tasks %s", ", ".join(a.task for a in done))
 
-    def _run(self, task: str, payload: bytes) -> list[tuple[bool, Any, str | None]]:
-        """Unpickle and run the calls of a verified task; one outcome per call.
-        If the task cannot be unpickled, one failed outcome stands for all."""
+    def _run(self, task: str, payload: bytes) -> tuple[list[Any] | None, list[Failure]]:
+        """Unpickle and run the calls of a verified task: (values, failures),
+        as :func:`dump_result` takes them. A task that cannot be unpickled
+        failed as a whole (values None)."""
         try:
-            fn, calls = load_task(payload)
+            fn, arglists, kwargs = load_task(payload)
         except Exception as err:
-            return [failure(err, f"while loading task {task} on worker {self.name} (workers "
-                                 "must be able to import what the task needs)")]
-        outcomes: list[tuple[bool, Any, str | None]] = []
-        where = f"in task {task} on worker {self.name}"
-        for args, kwargs in calls:
+            return None, [failure(None, err, f"while loading task {task} on worker {self.name} "
+                                             "(workers must be able to import what the task needs)")]
+        values: list[Any] = []
+        failures: list[Failure] = []
+        for index, args in enumerate(arglists):
             try:
-                outcomes.append((True, fn(*args, **kwargs), None))
+                values.append(fn(*args) if kwargs is None else fn(*args, **kwargs[index]))
             except BaseException as err:  # noqa: B036 (SystemExit of a task is its outcome)
-                outcomes.append(failure(err, where))
-        return outcomes
+                values.append(None)
+                failures.append(failure(index, err, f"in task {task} on worker {self.name}"))
+        return values, failures
 
     def _refuse(self, msg: Message, doc: Any, err: SignatureError) -> None:
         """Dead-letter a task that failed verification and tell its executor."""

@@ -23,7 +23,7 @@ import pytest
 import ddmq
 from ddmq.executor import (BrokenDDMQExecutor, DDMQExecutor, RemoteTraceback, SignatureError,
                            TaskRejectedError, list_workers)
-from ddmq.executor.payload import INLINE_MAX, load_secret, secret_path, spill_folder
+from ddmq.executor.payload import INLINE_MAX, VERSION, load_secret, secret_path, spill_folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -262,6 +262,21 @@ def test_large_payloads_travel_as_files_and_are_cleaned_up(ex):
     assert os.listdir(spill_folder(ex.root, ex.reply_queue)) == []
 
 
+def test_large_payloads_are_pickled_into_their_file_or_inline_if_it_cannot_be_made(tmp_path):
+    from ddmq.executor.payload import dump_result, load_result
+    secret = os.urandom(32)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    big = os.urandom(3 * INLINE_MAX)
+    doc = dump_result(secret, "t.1", "reply-1", "w:1", [big, b"small"], [], str(spill))
+    assert "payload" not in doc and os.listdir(spill) == [doc["file"]]  # whole, under its name
+    assert load_result(secret, "reply-1", doc, str(spill)) == ("t.1", [big, b"small"], [])
+    assert os.listdir(spill) == []  # read once, removed
+    gone = tmp_path / "gone"  # e.g. the executor shut down meanwhile: the payload goes inline
+    doc = dump_result(secret, "t.2", "reply-1", "w:1", [big], [], str(gone))
+    assert "file" not in doc and load_result(secret, "reply-1", doc, str(gone)) == ("t.2", [big], [])
+
+
 def test_unpicklable_argument_fails_that_future_at_once(ex):
     future = ex.submit(square, threading.Lock())
     assert future.done()
@@ -294,12 +309,13 @@ def test_functions_of_main_scripts_work(tmp_path):
         "              # __main__ functions and classes inside the arguments travel by value too\n"
         "              ex.submit(operator.call, triple, 2).result(),\n"
         "              ex.submit(operator.attrgetter('v'), Box(7)).result(),\n"
-        "              ex.submit(type, Box(1)).result().__name__)\n")
+        "              ex.submit(type, Box(1)).result().__name__,\n"
+        "              ex.submit(Box, 8).result().v)  # an instance of a __main__ class comes back\n")
     env = dict(os.environ, PYTHONPATH=REPO)
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "root")], env=env,
                          capture_output=True, text=True, timeout=LONG)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[0, 3, 6, 9, 12] ok 6 7 Box"
+    assert out.stdout.strip() == "[0, 3, 6, 9, 12] ok 6 7 Box 8"
 
 
 # --- cancel and shutdown -------------------------------------------------------------------
@@ -414,7 +430,7 @@ def test_tampered_task_is_refused_before_unpickling(tmp_path):
         with open(path, "w") as handle:
             json.dump(data, handle)
         b = ddmq.broker(root)
-        b.publish(ex.queue, {"v": 1, "task": "x.1", "reply": ex.reply_queue,
+        b.publish(ex.queue, {"v": VERSION, "task": "x.1", "reply": ex.reply_queue,
                              "payload": evil_payload(marker)})  # unsigned
         big = ex.submit(len, os.urandom(2 * INLINE_MAX))  # its payload is a file: tamper with that
         (spilled,) = os.listdir(spill_folder(ex.root, ex.reply_queue))
@@ -443,7 +459,7 @@ def test_tampered_result_is_refused_before_unpickling(tmp_path):
     marker = tmp_path / "unpickled"
     with DDMQExecutor(root, max_workers=0) as ex:
         future = ex.submit(square, 2)
-        forged = {"v": 1, "task": future._task_id, "worker": "mallory:1",
+        forged = {"v": VERSION, "task": future._task_id, "worker": "mallory:1",
                   "payload": evil_payload(marker), "sig": "0" * 64}
         ddmq.broker(root).publish(ex.reply_queue, forged)
         with pytest.raises(SignatureError, match="refused"):
@@ -460,7 +476,7 @@ def test_late_duplicate_results_are_dropped(tmp_path):
         b = ddmq.broker(ex.root)
         for value in (9, 10):  # a worker that lost its lease answers too, later
             b.publish(ex.reply_queue, dump_result(secret, future._task_id, ex.reply_queue, "w:1",
-                                                  [(True, value, None)]))
+                                                  [value], []))
         assert future.result(timeout=LONG) == 9
         assert ex.submit(square, 1).cancel()
         ex.shutdown(cancel_futures=True)

@@ -153,7 +153,7 @@ class _Task:
         self.id = task_id
         self.future = future
         self.ncalls = ncalls
-        self.single = single  # submit(): the future's result is the value; map(): a list of outcomes
+        self.single = single  # submit(): the future's result is the value; map(): (values, errors)
         self.fn_name = fn_name
         self.spill = spill    # the file of a large payload, removed when the task is over
         self.msg: Message | None = None
@@ -285,18 +285,19 @@ class DDMQExecutor(Executor):
         an argument cannot be pickled, the returned future has already failed
         with ``pickle.PicklingError``.
         """
-        return self._submit(fn, [(args, kwargs)], single=True)
+        return self._submit(fn, [args], [kwargs] if kwargs else None, single=True)
 
-    def _submit(self, fn: Callable[..., Any], calls: list[tuple[tuple, dict]], single: bool) -> _TaskFuture:
+    def _submit(self, fn: Callable[..., Any], arglists: list[tuple], kwargs: list[dict] | None,
+                single: bool) -> _TaskFuture:
         self._check_open()
         task_id = f"{self._token}.{next(self._counter)}"
         future = _TaskFuture(self, task_id)
         try:
-            doc = dump_task(self._secret, task_id, self.reply_queue, fn, calls, self._spill)
+            doc = dump_task(self._secret, task_id, self.reply_queue, fn, arglists, kwargs, self._spill)
         except pickle.PicklingError as err:
             future.set_exception(err)
             return future
-        task = _Task(task_id, future, len(calls), single, _name(fn), spill_path(doc, self._spill))
+        task = _Task(task_id, future, len(arglists), single, _name(fn), spill_path(doc, self._spill))
         with self._submit_lock:
             try:
                 self._check_open()
@@ -337,7 +338,7 @@ class DDMQExecutor(Executor):
         if chunksize is not None and (type(chunksize) is not int or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
-        calls = [(args, {}) for args in zip(*iterables)]
+        calls = list(zip(*iterables))
         if chunksize is None:
             chunksize = self._auto_chunksize(len(calls))
         futures: list[_TaskFuture] = []
@@ -346,7 +347,7 @@ class DDMQExecutor(Executor):
             self._collect_now.clear()
         try:
             for start in range(0, len(calls), chunksize):
-                futures.append(self._submit(fn, calls[start:start + chunksize], single=False))
+                futures.append(self._submit(fn, calls[start:start + chunksize], None, single=False))
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -534,7 +535,7 @@ class DDMQExecutor(Executor):
                 f"{doc.get('rejected')}"))
             return
         try:
-            _, outcomes = load_result(self._secret, self.reply_queue, doc, self._spill)
+            _, values, failures = load_result(self._secret, self.reply_queue, doc, self._spill)
         except SignatureError as err:
             log.error("refused a result for task %s without unpickling it: %s", task.id, err)
             self._fail(task, SignatureError(
@@ -548,24 +549,22 @@ class DDMQExecutor(Executor):
             error.__cause__ = err
             self._fail(task, error)
             return
-        if len(outcomes) != task.ncalls:
-            if len(outcomes) == 1 and not outcomes[0][0]:
-                outcomes = outcomes * task.ncalls  # the task as a whole failed (e.g. not loadable)
-            else:
-                self._fail(task, DdmqError(f"task {task.id}: {len(outcomes)} outcomes for "
-                                           f"{task.ncalls} calls"))
-                return
+        errors = [(index, rebuild(exc, tb)) for index, exc, tb in failures]
+        if values is None:  # the task failed as a whole (e.g. it could not be loaded)
+            self._fail(task, errors[0][1] if errors else DdmqError(f"task {task.id} failed"))
+            return
+        if len(values) != task.ncalls:
+            self._fail(task, DdmqError(f"task {task.id}: {len(values)} outcomes for "
+                                       f"{task.ncalls} calls"))
+            return
         if not self._forget(task):
             return
-        if task.single:
-            ok, value, tb = outcomes[0]
-            if ok:
-                _settle(task.future, value, None)
-            else:
-                _settle(task.future, None, rebuild(value, tb))
+        if not task.single:
+            _settle(task.future, (values, errors), None)
+        elif errors:
+            _settle(task.future, None, errors[0][1])
         else:
-            _settle(task.future, [(ok, value if ok else rebuild(value, tb)) for ok, value, tb in outcomes],
-                    None)
+            _settle(task.future, values[0], None)
 
     def _forget(self, task: _Task) -> bool:
         """Take ``task`` off the pending dict; False if someone else did first."""
@@ -730,24 +729,26 @@ class DDMQExecutor(Executor):
 
 
 def _results(futures: list[_TaskFuture], end_time: float | None) -> Iterator[Any]:
-    """Yield the values of map's chunk futures in order (see DDMQExecutor.map)."""
+    """Yield the values of map's chunk futures in order (see DDMQExecutor.map);
+    each chunk's result is (values, [(index, exception), ...])."""
     try:
         futures.reverse()  # pop from the end: each future is released once used
         while futures:
             future = futures.pop()
             try:
                 if end_time is None:
-                    outcomes = future.result()
+                    values, errors = future.result()
                 else:
-                    outcomes = future.result(end_time - time.monotonic())
+                    values, errors = future.result(end_time - time.monotonic())
             except BaseException:
                 future.cancel()
                 raise
-            for ok, value in outcomes:
-                if not ok:
-                    raise value
-                yield value
-            del outcomes
+            if errors:
+                index, error = errors[0]
+                yield from values[:index]
+                raise error
+            yield from values
+            del values
     finally:
         for future in futures:
             future.cancel()

@@ -9,23 +9,30 @@ root, can make a payload that a worker or an executor will unpickle.
 
 The envelopes are the ``message`` of a ddmq message (plain JSON)::
 
-    task    {"v": 1, "task": ID, "reply": REPLY_QUEUE,
-             "payload": base64(cloudpickle((fn, [(args, kwargs), ...]))),
+    task    {"v": 2, "task": ID, "reply": REPLY_QUEUE,
+             "payload": base64(pickle((fn, [args, ...], [kwargs, ...] or None))),
              "sig": hex HMAC("task", ID, REPLY_QUEUE, payload bytes)}
-    result  {"v": 1, "task": ID, "worker": "HOST:PID",
-             "payload": base64(cloudpickle([(ok, value_or_exception, traceback_text), ...])),
+    result  {"v": 2, "task": ID, "worker": "HOST:PID",
+             "payload": base64(pickle(([value, ...] or None, [(index, exception, traceback_text), ...]))),
              "sig": hex HMAC("result", ID, REPLY_QUEUE, payload bytes)}
-    refusal {"v": 1, "task": ID, "worker": "HOST:PID", "rejected": REASON}
+    refusal {"v": 2, "task": ID, "worker": "HOST:PID", "rejected": REASON}
 
 One task message may carry several calls of the same function (a chunk of
-``Executor.map``); its result carries one outcome per call, in order. A
+``Executor.map``, whose calls have no keyword arguments: None); its result
+carries one value per call, in order (None where the call raised), and the
+calls that raised; values None means the task failed as a whole (index
+None). The lists are plain, so a chunk of a hundred calls costs the pickler
+a hundred arguments and a hundred values, nothing per call beyond them. A
 refusal carries no pickle: it only tells the executor which task a worker
-would not run and why.
+would not run and why. Pickles are made by the standard pickler when that is
+right, else by cloudpickle (see :class:`_StandardPickler`); ``pickle.loads``
+reads both.
 
 Large payloads (over :data:`INLINE_MAX` bytes) do not travel inside the JSON,
 where base64 and JSON escaping would cost more than the data's transfer:
-they are written as raw bytes to a file in the executor's *spill folder*,
-``ROOT/.payloads/REPLY_QUEUE/``, first to a temporary name, then renamed, and
+they are pickled straight into a file in the executor's *spill folder*,
+``ROOT/.payloads/REPLY_QUEUE/`` (never whole in memory: see :class:`_Sink`),
+first under a temporary name, then renamed, and
 only then is the message that names them published; the envelope says
 ``"file": NAME`` instead of ``"payload"``, and the signature is the same. The
 executor removes a result's file when it has read it, a task's file when the
@@ -51,7 +58,8 @@ import shutil
 import stat
 import time
 import traceback
-from typing import Any, Callable, Sequence
+import types
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import cloudpickle
 
@@ -60,7 +68,9 @@ from ..errors import DdmqError, FilesystemError
 log = logging.getLogger(__name__)
 
 #: Version of the envelope format; envelopes of another version are refused.
-VERSION = 1
+VERSION = 2
+#: Pickle protocol of payloads.
+PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: The secret's file, in the root.
 SECRET_FILE = ".ddmq-secret"
 #: The folder of the spill folders, in the root.
@@ -199,50 +209,101 @@ def _create_secret_in_place(path: str, data: bytes) -> None:
 
 # --- signing ---------------------------------------------------------------------
 
-def sign(secret: bytes, kind: str, task: str, reply: str, payload: bytes) -> str:
-    """Hex HMAC-SHA256 of one envelope. ``kind`` ("task" or "result") keeps
-    a result from being passed off as a task; the task id and the reply
-    queue tie the payload to its envelope."""
+def _mac(secret: bytes, kind: str, task: str, reply: str) -> "hmac.HMAC":
+    """The HMAC-SHA256 of one envelope, fed its header; the payload bytes follow.
+    ``kind`` ("task" or "result") keeps a result from being passed off as a
+    task; the task id and the reply queue tie the payload to its envelope."""
     header = f"ddmq-v{VERSION}\0{kind}\0{task}\0{reply}\0".encode("utf-8")
-    mac = hmac.new(secret, header, hashlib.sha256)
+    return hmac.new(secret, header, hashlib.sha256)
+
+
+def sign(secret: bytes, kind: str, task: str, reply: str, payload: bytes) -> str:
+    """Hex HMAC-SHA256 of one envelope whose pickled payload is ``payload``."""
+    mac = _mac(secret, kind, task, reply)
     mac.update(payload)
     return mac.hexdigest()
 
 
-def _seal(secret: bytes, kind: str, doc: dict[str, Any], reply: str, payload: bytes,
-          spill: str | None) -> dict[str, Any]:
-    """Sign ``payload`` into ``doc``, inline or as a file in ``spill``."""
-    doc["sig"] = sign(secret, kind, doc["task"], reply, payload)
-    if spill is not None and len(payload) > INLINE_MAX:
-        name = f"{doc['task']}.{kind}.{secrets.token_hex(6)}"
+class _Sink:
+    """A file-like object the pickler writes one payload to, signing as it goes.
+
+    The bytes stay in memory up to :data:`INLINE_MAX`; past that, if a spill
+    folder is given, they go to a temporary file there, so a large payload is
+    never copied whole in memory: the C pickler hands a large ``bytes`` object
+    (or buffer) straight to :meth:`write`. :meth:`seal` completes the envelope.
+    """
+
+    def __init__(self, secret: bytes, kind: str, doc: dict[str, Any], reply: str,
+                 spill: str | None):
+        self._kind = kind
+        self._doc = doc
+        self._spill = spill
+        self._mac = _mac(secret, kind, doc["task"], reply)
+        self._buffer = bytearray()
+        self._fd: int | None = None
+        self._name = ""
+        self._temp = ""
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        self._mac.update(data)
+        if self._fd is None and (self._spill is None or len(self._buffer) + size <= INLINE_MAX
+                                 or not self._open()):
+            self._buffer += data
+        else:
+            self._write_file(data)
+        return size
+
+    def _open(self) -> bool:
+        """Move the payload so far to a new temporary spill file; False if it
+        cannot be made (e.g. the folder is gone): the payload stays inline."""
+        name = f"{self._doc['task']}.{self._kind}.{secrets.token_hex(6)}"
+        temp = os.path.join(self._spill, f".tmp-{name}")
         try:
-            _write_spill(spill, name, payload)
-            doc["file"] = name
-            return doc
-        except OSError as err:  # e.g. the folder is gone: the payload goes inline
-            log.debug("cannot write %s into %s (%s): sending it inline", name, spill, err)
-    doc["payload"] = base64.b64encode(payload).decode("ascii")
-    return doc
+            self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as err:
+            log.debug("cannot write %s into %s (%s): sending it inline", name, self._spill, err)
+            self._spill = None
+            return False
+        self._name, self._temp = name, temp
+        buffered, self._buffer = self._buffer, bytearray()
+        self._write_file(buffered)
+        return True
 
-
-def _write_spill(folder: str, name: str, data: bytes) -> None:
-    """Make ``folder/name`` appear with ``data``, whole (temporary file, then rename)."""
-    temp = os.path.join(folder, f".tmp-{name}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
+    def _write_file(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
         while view:
-            view = view[os.write(fd, view):]
-    except BaseException:
-        os.close(fd)
-        _unlink(temp)
-        raise
-    os.close(fd)
-    try:
-        os.rename(temp, os.path.join(folder, name))
-    except BaseException:
-        _unlink(temp)
-        raise
+            view = view[os.write(self._fd, view):]
+
+    def seal(self) -> dict[str, Any]:
+        """The signed envelope: the payload inline (base64), or the name of
+        its spill file, renamed to that name only now that it is whole."""
+        self._doc["sig"] = self._mac.hexdigest()
+        if self._fd is None:
+            self._doc["payload"] = base64.b64encode(self._buffer).decode("ascii")
+            return self._doc
+        fd, self._fd = self._fd, None
+        try:
+            os.close(fd)
+            os.rename(self._temp, os.path.join(self._spill, self._name))
+        except BaseException:
+            _unlink(self._temp)
+            raise
+        self._doc["file"] = self._name
+        return self._doc
+
+    def abandon(self) -> bool:
+        """Drop what was written (the payload is being made again another
+        way); True if part of it had gone to a spill file."""
+        if self._fd is None:
+            return False
+        fd, self._fd = self._fd, None
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        _unlink(self._temp)
+        return True
 
 
 def _spill_file(doc: dict[str, Any], spill: str | None) -> str | None:
@@ -360,20 +421,79 @@ def spill_path(doc: dict[str, Any], spill: str | None) -> str | None:
     return _spill_file(doc, spill)
 
 
+# --- pickling --------------------------------------------------------------------
+
+class _ByValue(Exception):
+    """The standard pickler met something that cloudpickle must send by value."""
+
+
+class _StandardPickler(pickle.Pickler):
+    """The standard (C) pickler, several times faster than cloudpickle on many
+    small objects, refusing (with :class:`_ByValue`) what it would pickle
+    wrongly: it refers to functions and classes by module and name, which is
+    wrong for those of ``__main__`` (another process has another ``__main__``).
+    It fails by itself on lambdas and closures. ``reducer_override`` is not
+    called for ints, strings, bytes, lists, tuples, dicts and the like, so
+    plain data costs nothing extra.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        owner = obj if isinstance(obj, (type, types.FunctionType)) else type(obj)
+        if getattr(owner, "__module__", None) == "__main__":
+            raise _ByValue
+        return NotImplemented
+
+
+def _pickle_into(make_sink: Callable[[str | None], _Sink], value: Any, spill: str | None) -> dict[str, Any]:
+    """Pickle ``value`` into a sink made by ``make_sink(spill)``; the sealed envelope.
+
+    The standard pickler first when that is safe, else cloudpickle (by
+    value: lambdas, closures, ``__main__``, modules registered with
+    ``cloudpickle.register_pickle_by_value``). Either way ``pickle.loads``
+    reads it. A spill file that cannot be written makes the payload inline.
+    Raises what cloudpickle raises for what cannot be pickled.
+    """
+    picklers: list[Callable[[Any], Any]] = [lambda sink: cloudpickle.CloudPickler(sink, protocol=PROTOCOL)]
+    if not _by_value_modules():
+        picklers.insert(0, lambda sink: _StandardPickler(sink, protocol=PROTOCOL))
+    for index, make_pickler in enumerate(picklers):
+        sink = make_sink(spill)
+        try:
+            make_pickler(sink).dump(value)
+            return sink.seal()
+        except Exception as err:
+            spilled = sink.abandon()
+            if spilled and isinstance(err, OSError):  # writing the file failed (e.g. disk full)
+                log.debug("cannot write a spill file (%s): sending the payload inline", err)
+                return _pickle_into(make_sink, value, None)
+            if index == len(picklers) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _by_value_modules() -> Any:
+    try:
+        return cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES
+    except AttributeError:  # an older or newer cloudpickle: always use it
+        return True
+
+
 # --- tasks -------------------------------------------------------------------------
 
 def dump_task(secret: bytes, task: str, reply: str, fn: Callable[..., Any],
-              calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+              arglists: Sequence[tuple[Any, ...]], kwargs: Sequence[dict[str, Any]] | None = None,
               spill: str | None = None) -> dict[str, Any]:
-    """The signed envelope of calls of ``fn`` (a large payload goes to a file
-    in ``spill``). Raises ``pickle.PicklingError`` (with the reason) if the
+    """The signed envelope of calls ``fn(*arglists[i], **kwargs[i])`` (no
+    keyword arguments when ``kwargs`` is None); a large payload goes to a file
+    in ``spill``. Raises ``pickle.PicklingError`` (with the reason) if the
     function or an argument cannot be pickled."""
+    doc = {"v": VERSION, "task": task, "reply": reply}
     try:
-        payload = _dumps((fn, list(calls)))
+        return _pickle_into(lambda folder: _Sink(secret, "task", doc, reply, folder),
+                            (fn, list(arglists), None if kwargs is None else list(kwargs)), spill)
     except Exception as err:
         raise _pickling_error(f"cannot send the call to {_name(fn)} to a worker: its function "
                               "or an argument cannot be pickled", err) from err
-    return _seal(secret, "task", {"v": VERSION, "task": task, "reply": reply}, reply, payload, spill)
 
 
 def check_task(secret: bytes, doc: Any, root: str | os.PathLike) -> tuple[str, str, bytes]:
@@ -385,90 +505,81 @@ def check_task(secret: bytes, doc: Any, root: str | os.PathLike) -> tuple[str, s
     return _open_envelope(secret, "task", doc, None, spill_of)
 
 
-def load_task(payload: bytes) -> tuple[Callable[..., Any], list[tuple[tuple[Any, ...], dict[str, Any]]]]:
-    """Unpickle a *verified* task payload: (fn, [(args, kwargs), ...])."""
-    fn, calls = cloudpickle.loads(payload)
-    return fn, [(tuple(args), dict(kwargs)) for args, kwargs in calls]
+def load_task(payload: bytes) -> tuple[Callable[..., Any], list[tuple[Any, ...]], list[dict[str, Any]] | None]:
+    """Unpickle a *verified* task payload: (fn, arglists, kwargs or None)."""
+    fn, arglists, kwargs = cloudpickle.loads(payload)
+    return fn, arglists, kwargs
 
 
 # --- results -------------------------------------------------------------------------
 
-def failure(exc: BaseException, where: str = "") -> tuple[bool, Any, str]:
-    """The outcome of a call that raised ``exc`` (inside an ``except``):
-    (False, exc, traceback text), the traceback headed with ``where``."""
+#: What a failed call leaves: (index of the call, or None for the whole task;
+#: the exception; the traceback's text).
+Failure = Tuple[Optional[int], BaseException, Optional[str]]
+
+
+def failure(index: int | None, exc: BaseException, where: str = "") -> Failure:
+    """The failure of call ``index`` (None: of the whole task) that raised
+    ``exc`` (inside an ``except``), its traceback headed with ``where``."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None  # frames hold references to everything of the call
     head = f"\n\"\"\"\n{where}\n" if where else "\n\"\"\"\n"
-    return False, exc, f"{head}{text}\"\"\""
+    return index, exc, f"{head}{text}\"\"\""
 
 
-def dump_result(secret: bytes, task: str, reply: str, worker: str,
-                outcomes: list[tuple[bool, Any, str | None]], spill: str | None = None) -> dict[str, Any]:
-    """The signed envelope of a task's outcomes (a large payload goes to a
-    file in ``spill``, if given and present).
+def dump_result(secret: bytes, task: str, reply: str, worker: str, values: list[Any] | None,
+                failures: list[Failure], spill: str | None = None) -> dict[str, Any]:
+    """The signed envelope of a task's outcome: ``values`` has one entry per
+    call (None where the call failed), or is None when the task failed as a
+    whole; ``failures`` lists the calls that raised, in order. A large
+    payload goes to a file in ``spill``, if given and present.
 
     A value that cannot be pickled, or an exception that would not survive
-    unpickling, is replaced by an outcome saying so, so the executor always
-    gets one outcome per call.
+    unpickling, becomes a failure saying so, so the executor always gets an
+    outcome for every call.
     """
-    try:
-        payload = _dumps(outcomes)
-    except Exception:
-        payload = cloudpickle.dumps([_picklable(outcome, worker) for outcome in outcomes])
-    else:
-        if any(not ok for ok, _, _ in outcomes):  # exceptions: check they unpickle too
-            safe = [_picklable(outcome, worker) for outcome in outcomes]
-            if any(a is not b for a, b in zip(safe, outcomes)):
-                payload = cloudpickle.dumps(safe)
     doc = {"v": VERSION, "task": task, "worker": worker}
-    return _seal(secret, "result", doc, reply, payload, spill)
+
+    def make_sink(folder: str | None) -> _Sink:
+        return _Sink(secret, "result", dict(doc), reply, folder)
+
+    if failures:
+        failures = [_sendable_failure(item, worker) for item in failures]
+    try:
+        return _pickle_into(make_sink, (values, failures), spill)
+    except Exception:  # noqa: BLE001 (a value cannot be pickled: find which)
+        values, failures = _sendable_values(values, failures, worker)
+        return _pickle_into(make_sink, (values, failures), spill)
 
 
-def _dumps(value: Any) -> bytes:
-    """Pickle ``value`` for another process: with the standard (C) pickler
-    when that is safe, as it is several times faster than cloudpickle on many
-    small objects; else with cloudpickle. Either way ``pickle.loads`` reads it.
-
-    The standard pickler refers to functions and classes by module and name.
-    That fails for lambdas and closures (it raises), and would be wrong for
-    what lives in ``__main__`` (another process has another ``__main__``) or
-    in modules registered with ``cloudpickle.register_pickle_by_value``:
-    cloudpickle sends those by value. A pickle that so much as mentions
-    ``__main__`` is therefore redone with cloudpickle.
-    """
-    if not _by_value_modules():
+def _sendable_values(values: list[Any] | None, failures: list[Failure], worker: str
+                     ) -> tuple[list[Any] | None, list[Failure]]:
+    """``values`` with those that cannot be pickled replaced by failures."""
+    if values is None:
+        return values, failures
+    values, failures = list(values), list(failures)
+    for index, value in enumerate(values):
         try:
-            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # noqa: BLE001 (PicklingError, AttributeError, TypeError, ...)
-            pass
-        else:
-            if b"__main__" not in data:
-                return data
-    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            cloudpickle.dumps(value, protocol=PROTOCOL)
+        except Exception as err:  # noqa: BLE001 (whatever pickling raises)
+            values[index] = None
+            failures.append((index, _pickling_error(
+                f"on worker {worker}, the result ({type(value).__qualname__}) cannot be pickled to "
+                "send it back", err), None))
+    failures.sort(key=lambda item: -1 if item[0] is None else item[0])
+    return values, failures
 
 
-def _by_value_modules() -> Any:
+def _sendable_failure(item: Failure, worker: str) -> Failure:
+    """``item``, or a failure saying its exception cannot be sent back."""
+    index, exc, tb = item
     try:
-        return cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES
-    except AttributeError:  # an older or newer cloudpickle: always use it
-        return True
-
-
-def _picklable(outcome: tuple[bool, Any, str | None], worker: str) -> tuple[bool, Any, str | None]:
-    ok, value, tb = outcome
-    try:
-        data = cloudpickle.dumps(value)
-        if not ok:
-            cloudpickle.loads(data)
-        return outcome
-    except Exception as err:
-        if ok:
-            what = f"the result ({type(value).__qualname__}) cannot be pickled to send it back"
-        else:
-            what = (f"the task raised {type(value).__qualname__}: {value}, but that exception "
-                    "cannot be pickled to send it back")
-        error = _pickling_error(f"on worker {worker}, {what}", err)
-        return False, error, tb
+        cloudpickle.loads(cloudpickle.dumps(exc, protocol=PROTOCOL))
+        return item
+    except Exception as err:  # noqa: BLE001 (whatever pickling raises)
+        return index, _pickling_error(f"on worker {worker}, the task raised {type(exc).__qualname__}: "
+                                      f"{exc}, but that exception cannot be pickled to send it back",
+                                      err), tb
 
 
 def refusal(task: str, worker: str, reason: str) -> dict[str, Any]:
@@ -477,17 +588,18 @@ def refusal(task: str, worker: str, reason: str) -> dict[str, Any]:
 
 
 def load_result(secret: bytes, reply: str, doc: Any, spill: str | None = None
-                ) -> tuple[str, list[tuple[bool, Any, str | None]]]:
+                ) -> tuple[str, list[Any] | None, list[Failure]]:
     """Verify, then unpickle, a result envelope sent to ``reply`` (whose
-    spill folder is ``spill``): (task id, outcomes). Raises SignatureError
-    before unpickling anything unsigned or tampered with; the unpickling's
-    own errors propagate. The result's spill file is removed in any case."""
+    spill folder is ``spill``): (task id, values, failures), as given to
+    :func:`dump_result`. Raises SignatureError before unpickling anything
+    unsigned or tampered with; the unpickling's own errors propagate. The
+    result's spill file is removed in any case."""
     try:
         task, _, payload = _open_envelope(secret, "result", doc, reply, lambda _: spill)
     finally:
         discard(doc, spill)
-    outcomes = cloudpickle.loads(payload)
-    return task, [(bool(ok), value, tb) for ok, value, tb in outcomes]
+    values, failures = cloudpickle.loads(payload)
+    return task, values, failures
 
 
 def rebuild(value: BaseException, tb: str | None) -> BaseException:

@@ -328,9 +328,8 @@ class Canary:
 
 
 def _envelopes(canary: str) -> dict[str, dict]:
-    return {"task": payload.dump_task(SECRET, "t.1", "reply-1", print, [((Canary(canary),), {})]),
-            "result": payload.dump_result(SECRET, "t.1", "reply-1", "host:1",
-                                          [(True, Canary(canary), None)])}
+    return {"task": payload.dump_task(SECRET, "t.1", "reply-1", print, [(Canary(canary),)]),
+            "result": payload.dump_result(SECRET, "t.1", "reply-1", "host:1", [Canary(canary)], [])}
 
 
 def _open(kind: str, doc: dict, root: str):
