@@ -225,33 +225,32 @@ def sign(secret: bytes, kind: str, task: str, reply: str, payload: bytes) -> str
 
 
 class _Sink:
-    """A file-like object the pickler writes one payload to, signing as it goes.
+    """A file-like object the pickler writes one payload to.
 
     The bytes stay in memory up to :data:`INLINE_MAX`; past that, if a spill
-    folder is given, they go to a temporary file there, so a large payload is
-    never copied whole in memory: the C pickler hands a large ``bytes`` object
-    (or buffer) straight to :meth:`write`. :meth:`seal` completes the envelope.
+    folder is given, they go to a temporary file there, signed as they go, so
+    a large payload is never copied whole in memory: the C pickler hands a
+    large ``bytes`` object (or buffer) straight to :meth:`write`.
+    :meth:`seal` completes the envelope.
     """
 
     def __init__(self, secret: bytes, kind: str, doc: dict[str, Any], reply: str,
                  spill: str | None):
-        self._kind = kind
-        self._doc = doc
+        self._secret, self._kind, self._doc, self._reply = secret, kind, doc, reply
         self._spill = spill
-        self._mac = _mac(secret, kind, doc["task"], reply)
         self._buffer = bytearray()
+        self._mac: Any = None  # made when the payload moves to a file, else by seal()
         self._fd: int | None = None
         self._name = ""
         self._temp = ""
 
     def write(self, data: Any) -> int:
-        size = memoryview(data).nbytes
-        self._mac.update(data)
+        size = len(data) if type(data) is bytes else memoryview(data).nbytes
         if self._fd is None and (self._spill is None or len(self._buffer) + size <= INLINE_MAX
                                  or not self._open()):
             self._buffer += data
         else:
-            self._write_file(data)
+            self._to_file(data)
         return size
 
     def _open(self) -> bool:
@@ -266,11 +265,13 @@ class _Sink:
             self._spill = None
             return False
         self._name, self._temp = name, temp
+        self._mac = _mac(self._secret, self._kind, self._doc["task"], self._reply)
         buffered, self._buffer = self._buffer, bytearray()
-        self._write_file(buffered)
+        self._to_file(buffered)
         return True
 
-    def _write_file(self, data: Any) -> None:
+    def _to_file(self, data: Any) -> None:
+        self._mac.update(data)
         view = memoryview(data).cast("B")
         while view:
             view = view[os.write(self._fd, view):]
@@ -278,10 +279,12 @@ class _Sink:
     def seal(self) -> dict[str, Any]:
         """The signed envelope: the payload inline (base64), or the name of
         its spill file, renamed to that name only now that it is whole."""
-        self._doc["sig"] = self._mac.hexdigest()
         if self._fd is None:
+            self._doc["sig"] = sign(self._secret, self._kind, self._doc["task"], self._reply,
+                                    self._buffer)
             self._doc["payload"] = base64.b64encode(self._buffer).decode("ascii")
             return self._doc
+        self._doc["sig"] = self._mac.hexdigest()
         fd, self._fd = self._fd, None
         try:
             os.close(fd)
@@ -444,8 +447,9 @@ class _StandardPickler(pickle.Pickler):
         return NotImplemented
 
 
-def _pickle_into(make_sink: Callable[[str | None], _Sink], value: Any, spill: str | None) -> dict[str, Any]:
-    """Pickle ``value`` into a sink made by ``make_sink(spill)``; the sealed envelope.
+def _pickle_into(secret: bytes, kind: str, doc: dict[str, Any], reply: str, value: Any,
+                 spill: str | None) -> dict[str, Any]:
+    """Pickle ``value`` as the payload of envelope ``doc``; the sealed envelope.
 
     The standard pickler first when that is safe, else cloudpickle (by
     value: lambdas, closures, ``__main__``, modules registered with
@@ -453,22 +457,23 @@ def _pickle_into(make_sink: Callable[[str | None], _Sink], value: Any, spill: st
     reads it. A spill file that cannot be written makes the payload inline.
     Raises what cloudpickle raises for what cannot be pickled.
     """
-    picklers: list[Callable[[Any], Any]] = [lambda sink: cloudpickle.CloudPickler(sink, protocol=PROTOCOL)]
-    if not _by_value_modules():
-        picklers.insert(0, lambda sink: _StandardPickler(sink, protocol=PROTOCOL))
-    for index, make_pickler in enumerate(picklers):
-        sink = make_sink(spill)
+    picklers = _BY_VALUE if _by_value_modules() else _FAST_FIRST
+    for pickler in picklers:
+        sink = _Sink(secret, kind, dict(doc), reply, spill)
         try:
-            make_pickler(sink).dump(value)
+            pickler(sink, protocol=PROTOCOL).dump(value)
             return sink.seal()
         except Exception as err:
-            spilled = sink.abandon()
-            if spilled and isinstance(err, OSError):  # writing the file failed (e.g. disk full)
+            if sink.abandon() and isinstance(err, OSError):  # writing the file failed (disk full?)
                 log.debug("cannot write a spill file (%s): sending the payload inline", err)
-                return _pickle_into(make_sink, value, None)
-            if index == len(picklers) - 1:
+                return _pickle_into(secret, kind, doc, reply, value, None)
+            if pickler is picklers[-1]:
                 raise
     raise AssertionError("unreachable")
+
+
+_FAST_FIRST = (_StandardPickler, cloudpickle.CloudPickler)
+_BY_VALUE = (cloudpickle.CloudPickler,)
 
 
 def _by_value_modules() -> Any:
@@ -489,7 +494,7 @@ def dump_task(secret: bytes, task: str, reply: str, fn: Callable[..., Any],
     function or an argument cannot be pickled."""
     doc = {"v": VERSION, "task": task, "reply": reply}
     try:
-        return _pickle_into(lambda folder: _Sink(secret, "task", doc, reply, folder),
+        return _pickle_into(secret, "task", doc, reply,
                             (fn, list(arglists), None if kwargs is None else list(kwargs)), spill)
     except Exception as err:
         raise _pickling_error(f"cannot send the call to {_name(fn)} to a worker: its function "
@@ -539,17 +544,13 @@ def dump_result(secret: bytes, task: str, reply: str, worker: str, values: list[
     outcome for every call.
     """
     doc = {"v": VERSION, "task": task, "worker": worker}
-
-    def make_sink(folder: str | None) -> _Sink:
-        return _Sink(secret, "result", dict(doc), reply, folder)
-
     if failures:
         failures = [_sendable_failure(item, worker) for item in failures]
     try:
-        return _pickle_into(make_sink, (values, failures), spill)
+        return _pickle_into(secret, "result", doc, reply, (values, failures), spill)
     except Exception:  # noqa: BLE001 (a value cannot be pickled: find which)
         values, failures = _sendable_values(values, failures, worker)
-        return _pickle_into(make_sink, (values, failures), spill)
+        return _pickle_into(secret, "result", doc, reply, (values, failures), spill)
 
 
 def _sendable_values(values: list[Any] | None, failures: list[Failure], worker: str
