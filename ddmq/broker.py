@@ -27,6 +27,7 @@ temporary files) runs inside publish/consume/ack/nack at most once per
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 import logging
 import os
@@ -66,6 +67,18 @@ IDLE_RELIST_SECONDS = 10.0
 TMP_SCAN_SECONDS = 30.0
 #: Longest queue name: its folder and the names of its files must fit NAME_MAX (255).
 MAX_QUEUE_NAME = 128
+#: On a local filesystem an acked file becomes a spare in its queue's tmp/
+#: folder, for a publisher to that queue to rewrite (see protocol.REUSE_FILESYSTEMS).
+#: Each broker leaves at most this many spares per queue that no publisher
+#: has taken yet; past that, acked files are unlinked.
+SPARES_MAX = 32
+#: Name prefix of spares in a queue's tmp/ folder.
+SPARE_PREFIX = "spare."
+#: Spares older than this (by their ctime, set when they were retired) are
+#: remains of dead processes or of a queue nobody publishes to: housekeeping removes them.
+SPARE_MAX_AGE_SECONDS = 60
+#: A publisher that found no spare in tmp/ looks again after this long at the earliest.
+SPARE_RELIST_SECONDS = 0.1
 
 _ROOT_TEMPLATE = """\
 # ddmq settings for every queue under this root; a queue's own ddmq.yaml
@@ -149,6 +162,17 @@ class _Candidates:
         self.lost_in_row = 0
 
 
+class _Spares:
+    """One queue's spares, as one broker knows them (see SPARES_MAX)."""
+
+    __slots__ = ("retired", "found", "listed_at")
+
+    def __init__(self) -> None:
+        self.retired: collections.deque[str] = collections.deque()  # ours, oldest first
+        self.found: list[str] = []  # seen in tmp/ by the last look, not tried yet
+        self.listed_at = -1e18
+
+
 class Broker:
     """A root folder of queues. Safe to share between threads; every process
     (or node) opens its own.
@@ -190,6 +214,8 @@ class Broker:
         self._lease_guess: dict[str, float] = {}  # queue -> lease of the last message claimed
         self._watcher = FolderWatcher()
         self._instance = next(_INSTANCES)  # brokers of one process on two mounts claim apart
+        self._reuse_files = protocol.filesystem_type(self.root) in protocol.REUSE_FILESYSTEMS
+        self._spares: dict[str, _Spares] = {}  # queue folder -> its spares (guarded by _lock)
 
     def __repr__(self) -> str:
         return f"ddmq.broker({self.root!r})"
@@ -301,6 +327,7 @@ class Broker:
                                   f"delete queue {queue}")
         with self._lock:
             self._candidates.pop(queue, None)
+            self._spares.pop(folder, None)
         self._watcher.forget(folder)
         for sub in (WORK, DEAD, TMP):
             path = os.path.join(folder, sub)
@@ -385,9 +412,11 @@ class Broker:
         data = msg.to_json().encode("utf-8")
         final = f"{folder}{os.sep}{msg.filename}"
         tmp = f"{folder}{os.sep}{TMP}"
+        spare = self._take_spare(folder, tmp, settings["retry_timeout"]) if self._reuse_files else None
         for attempt in range(3):
             try:
-                protocol.write_new_file(tmp, final, data, settings["fsync"], settings["retry_timeout"])
+                protocol.write_new_file(tmp, final, data, settings["fsync"], settings["retry_timeout"],
+                                        spare)
                 return
             except FileNotFoundError:
                 if attempt == 2:
@@ -396,6 +425,77 @@ class Broker:
                     self._require_queue(queue)
                 else:  # a queue made by ddmq 0.9 has no tmp/ folder
                     protocol.make_folder(tmp, settings["retry_timeout"])
+            finally:
+                spare = None  # used up, whatever happened
+
+    def _take_spare(self, folder: str, tmp: str, retry: float) -> str | None:
+        """Make a spare of the queue ours, under a private name in ``tmp``, to
+        publish by rewriting it; None if there is none (then publish in a new
+        file). Renaming it claims it: of publishers racing for one spare,
+        exactly one renames it."""
+        with self._lock:
+            if folder not in self._spares and len(self._spares) >= 1024:  # e.g. many executors' reply queues
+                self._spares = {k: v for k, v in self._spares.items() if v.retired}
+            spares = self._spares.setdefault(folder, _Spares())
+            look = (not spares.retired and not spares.found
+                    and time.monotonic() - spares.listed_at >= SPARE_RELIST_SECONDS)
+            if look:
+                spares.listed_at = time.monotonic()
+        if look:
+            try:
+                names = protocol.list_folder(tmp, retry)
+            except (OSError, FilesystemError):
+                names = []
+            found = [f"{tmp}{os.sep}{n}" for n in names if n.startswith(SPARE_PREFIX)]
+            with self._lock:
+                spares.found = found
+                if found:
+                    spares.listed_at = -1e18  # when these are used up, look again at once
+        for _ in range(8):
+            with self._lock:
+                if spares.retired:
+                    candidate = spares.retired.pop()  # the newest: least likely taken by another
+                elif spares.found:
+                    candidate = spares.found.pop()
+                else:
+                    return None
+            private = f"{tmp}{os.sep}{protocol.unique_token()}"
+            if protocol.rename_local(candidate, private):
+                return private
+        return None
+
+    def _retire(self, folder: str, work_path: str, retry: float) -> bool:
+        """Remove an acked work file: where files are reused, make it a spare
+        in the queue's tmp/ (see protocol.REUSE_FILESYSTEMS), else unlink it.
+        False if it was gone (the lease was lost)."""
+        if self._reuse_files and self._room_for_spare(folder):
+            spare = f"{folder}{os.sep}{TMP}{os.sep}{SPARE_PREFIX}{protocol.unique_token()}"
+            retired = protocol.rename_local(work_path, spare)
+            if retired:
+                with self._lock:
+                    self._spares.setdefault(folder, _Spares()).retired.append(spare)
+            if retired is not None:
+                return retired
+        return protocol.remove(work_path, retry)
+
+    def _room_for_spare(self, folder: str) -> bool:
+        """Whether to leave one more spare in the queue's tmp/: fewer than
+        SPARES_MAX of ours are there, as far as we know. Past that, each call
+        looks whether a publisher took one of ours (one lstat): publishers
+        take spares in no particular order."""
+        with self._lock:
+            retired = self._spares.setdefault(folder, _Spares()).retired
+            if len(retired) < SPARES_MAX:
+                return True
+            oldest = retired[0]
+        taken = not os.path.lexists(oldest)
+        with self._lock:
+            if retired and retired[0] == oldest:
+                if taken:
+                    retired.popleft()
+                else:
+                    retired.rotate(-1)  # look at the next one the next time
+        return taken
 
     def _remember(self, queue: str, waiting: WaitingName) -> None:
         """Add our own publish to our cached listing, so we need not list again."""
@@ -546,8 +646,16 @@ class Broker:
             except InvalidMessageError as err:
                 problem = err
             else:
-                msg.queue = queue  # the file's own "queue" field is not to be trusted
-                return msg
+                if _is_file_of(msg, work_name):
+                    msg.queue = queue  # the file's own "queue" field is not to be trusted
+                    return msg
+                if not os.path.lexists(work_path):
+                    # Our lease was lost while we read, and the file was reused
+                    # for another message (see protocol.REUSE_FILESYSTEMS): not ours.
+                    log.warning("message %s of %s changed while it was read: lease lost", work_name, queue)
+                    return None
+                problem = InvalidMessageError(f"it holds message {short_repr(msg.id)}, not the one its name says")
+                break
             # ddmq 0.9 writes final names directly: give a slow writer a moment.
             time.sleep(0.02 * (attempt + 1))
         log.warning("dead-lettering unparseable message %s of %s: %s", work_name, queue, problem)
@@ -603,7 +711,7 @@ class Broker:
         acked, missing = [], []
         work = f"{folder}{os.sep}{WORK}{os.sep}"
         for name in names:
-            (acked if protocol.remove(work + name, retry) else missing).append(name)
+            (acked if self._retire(folder, work + name, retry) else missing).append(name)
         if clean:
             self._maybe_clean(queue)
         if missing:
@@ -836,10 +944,15 @@ class Broker:
                     self._requeue_taken(queue, folder, private, None, drop_when_not_requeued=False)
             else:
                 try:
-                    age = now - os.stat(path).st_mtime
+                    st = os.stat(path)
                 except OSError:
                     continue
-                if age > TMP_MAX_AGE_SECONDS:
+                if name.startswith(SPARE_PREFIX):
+                    # A spare keeps the mtime of its last message; retiring it (a rename) set its ctime.
+                    if now - st.st_ctime > SPARE_MAX_AGE_SECONDS:
+                        log.debug("removing unused spare %s", name)
+                        protocol.remove(path, retry)
+                elif now - st.st_mtime > TMP_MAX_AGE_SECONDS:
                     log.info("removing temporary file of a dead publisher: %s", name)
                     protocol.remove(path, retry)
 
@@ -892,9 +1005,10 @@ class Broker:
         """Read the message file at ``path`` (inside the root) without claiming it."""
         full = self._message_path(path)
         data = protocol.read(full, self._retry_timeout())
-        if data is None:
+        msg = None if data is None else Message.from_json(data)
+        if msg is None or not _is_file_of(msg, os.path.basename(full)):  # gone, or reused since
             raise MessageNotFoundError(f"no message file {full}")
-        return Message.from_json(data)
+        return msg
 
     def _message_path(self, path: str | Message) -> str:
         if isinstance(path, Message):
@@ -933,8 +1047,23 @@ class Broker:
         return removed, removed_work
 
     def close(self) -> None:
-        """Release the folder watches (the broker stays usable)."""
+        """Release the folder watches and remove the files kept for reuse
+        (the broker stays usable)."""
         self._watcher.close()
+        with self._lock:
+            pools, self._spares = self._spares, {}
+        for spares in pools.values():
+            for spare in spares.retired:
+                protocol.remove_quietly(spare)  # gone already if a publisher took it
+
+
+def _is_file_of(msg: Message, name: str) -> bool:
+    """Whether ``msg``, read from the file ``name``, is that file's message:
+    a file is reused for another message once acked (see protocol.REUSE_FILESYSTEMS),
+    so a reader that lost the race sees another id."""
+    parsed = parse_work_name(name)
+    _, mark, file_id = (parsed[1] if parsed else name).rpartition(".ddmq")
+    return msg.id is None or not mark or file_id == str(msg.id)
 
 
 #: The original's name for the class: ``ddmq.broker(root)``.

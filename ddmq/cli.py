@@ -359,11 +359,16 @@ def _open(args: argparse.Namespace, queues: Sequence[str] = ()) -> ddmq.Broker:
         raise UsageError(f"{args.command}: the root folder must not be empty")
     create = bool(getattr(args, "f", False))
     try:
-        return ddmq.broker(args.root, create=create)
+        broker = ddmq.broker(args.root, create=create)
     except ddmq.RootError as err:
         verb = "initiate" if isinstance(err, ddmq.RootUninitiatedError) else "create"
         hint = f" (use -f to {verb} it)" if hasattr(args, "f") else ""
         raise type(err)(f"{err}{hint}") from None
+    _opened.append(broker)
+    return broker
+
+
+_opened: list[ddmq.Broker] = []  # closed when the command ends (see Broker.close)
 
 
 def _split(text: str) -> list[str]:
@@ -721,6 +726,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(err), EXIT_FAILED)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+    finally:
+        while _opened:
+            _opened.pop().close()
 
 
 if __name__ == "__main__":

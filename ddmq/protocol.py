@@ -27,7 +27,10 @@ consumers at once while its lease holds::
    Exactly one of several renamers wins; the others get ``ENOENT`` (or
    ``ESTALE`` on NFS) and move on. The file is read only after the rename.
 3. **Ack** unlinks the work file. If it is gone the lease was lost (it
-   expired and was requeued): the caller is told.
+   expired and was requeued): the caller is told. On a local filesystem it
+   is renamed to a *spare* in ``tmp/`` instead (as atomic; "gone" means the
+   same), which a publisher to the queue claims and rewrites rather than
+   create a file (see :data:`REUSE_FILESYSTEMS`).
 4. **Requeue** first takes the work file by renaming it to a private name in
    ``tmp/`` (so two housekeepers cannot both requeue it), then publishes the
    copy through step 1, then unlinks the private file. A process killed in
@@ -53,6 +56,7 @@ import errno
 import logging
 import math
 import os
+import re
 import socket
 import stat as stat_module
 import threading
@@ -165,13 +169,18 @@ def retrying(op: Callable[[], T], action: str, retry_timeout: float,
 # --- the steps -----------------------------------------------------------------
 
 def write_new_file(tmp_dir: str, final_path: str, data: bytes, fsync: bool,
-                   retry_timeout: float) -> None:
+                   retry_timeout: float, spare: str | None = None) -> None:
     """Step 1: make ``final_path`` appear with ``data``, all at once.
 
-    Raises FileNotFoundError if ``tmp_dir`` or the destination folder is
-    missing, FilesystemError for other failures (after retrying transient ones).
+    ``spare``: a file of this process alone (a spare it claimed, see
+    :data:`REUSE_FILESYSTEMS`) to rewrite instead of creating a new one; it
+    is used up either way. Raises
+    FileNotFoundError if ``tmp_dir`` or the destination folder is missing,
+    FilesystemError for other failures (after retrying transient ones).
     Leaves no temporary file behind when it fails.
     """
+    if spare is not None and _rewrite(spare, final_path, data, fsync):
+        return
     temp = ""
 
     def write() -> None:
@@ -188,7 +197,7 @@ def write_new_file(tmp_dir: str, final_path: str, data: bytes, fsync: bool,
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            _unlink_quietly(temp)
+            remove_quietly(temp)
             raise
         os.close(fd)
 
@@ -202,7 +211,7 @@ def write_new_file(tmp_dir: str, final_path: str, data: bytes, fsync: bool,
     try:
         os.rename(temp, final_path)
     except FileNotFoundError:
-        _unlink_quietly(temp)
+        remove_quietly(temp)
         raise
     except OSError:
         try:
@@ -214,18 +223,105 @@ def write_new_file(tmp_dir: str, final_path: str, data: bytes, fsync: bool,
             # did the rename: the server did it and its answer was lost. Publishing
             # again would put a second copy in the queue.
             if not is_folder(os.path.dirname(final_path), retry_timeout):
-                _unlink_quietly(temp)
+                remove_quietly(temp)
                 raise
             log.warning("publish %s: the rename reported failed had been done: published once",
                         final_path)
         except BaseException:
-            _unlink_quietly(temp)
+            remove_quietly(temp)
             raise
     except BaseException:
-        _unlink_quietly(temp)
+        remove_quietly(temp)
         raise
     if fsync:
         fsync_folder(os.path.dirname(final_path))
+
+
+def _rewrite(spare: str, final_path: str, data: bytes, fsync: bool) -> bool:
+    """Publish ``data`` by rewriting the spare file and renaming it to
+    ``final_path``. False if that cannot be done (the spare was removed by
+    housekeeping, or lies on another filesystem): the spare is then gone and
+    the caller publishes the usual way. Spares exist on local filesystems
+    only, where a failed rename did not happen."""
+    try:
+        fd = os.open(spare, os.O_WRONLY)
+        try:
+            view = memoryview(data)
+            written = 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], written)
+            # Shrink within the file's last block rather than truncate to zero,
+            # which would free the block and allocate it again.
+            os.ftruncate(fd, len(view))
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(spare, final_path)
+    except OSError as err:
+        log.debug("cannot reuse %s (%s): writing a new file", spare, err)
+        remove_quietly(spare)
+        return False
+    if fsync:
+        fsync_folder(os.path.dirname(final_path))
+    return True
+
+
+def rename_local(src: str, dst: str) -> bool | None:
+    """Rename ``src`` to ``dst`` on a local filesystem, where a rename either
+    happened or did not: True if done; False if ``src`` was gone; None if it
+    cannot be done (``dst``'s folder is missing, as in a queue of ddmq 0.9,
+    which has no ``tmp/``; or another error). Steps 3 (retiring an acked file
+    as a spare) and 1 (claiming a spare to rewrite) where files are reused."""
+    try:
+        os.rename(src, dst)
+        return True
+    except FileNotFoundError:
+        return None if os.path.lexists(src) else False
+    except OSError:
+        return None
+
+
+#: Filesystems on which acked files are reused: an acked work file is renamed
+#: to a *spare* in its queue's ``tmp/`` (step 3), and a publisher to that
+#: queue claims a spare by renaming it to a private name, rewrites it and
+#: renames it into the queue (step 1), instead of unlinking one file and
+#: creating another: allocating and freeing an inode per message is what
+#: costs most on a busy disk (on ext4 without a journal a create searches past
+#: every inode freed in the last minute). Local filesystems only, where a
+#: rename either happened or did not and no other node caches the file's
+#: content: a reader that lost its lease while reading sees another id in
+#: the file and drops it (see Broker). On a network filesystem every
+#: message gets a new file.
+REUSE_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "tmpfs"})
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the filesystem that holds ``path`` ("ext4", "nfs4",
+    "fuse.glusterfs", ...), from ``/proc/self/mountinfo``; None where that
+    cannot be told (not Linux)."""
+    real = os.path.realpath(path)
+    best, found = -1, None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split()
+                try:
+                    mount_point = _unescape_mount(fields[4])
+                    fstype = fields[fields.index("-", 6) + 1]
+                except (IndexError, ValueError):
+                    continue
+                inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= best:
+                    best, found = len(mount_point), fstype
+    except OSError:
+        return None
+    return found
+
+
+def _unescape_mount(text: str) -> str:
+    """Undo mountinfo's octal escapes (space, tab, newline, backslash)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text) if "\\" in text else text
 
 
 def fsync_folder(path: str) -> None:
@@ -359,7 +455,8 @@ def make_folder(path: str, retry_timeout: float, mode: int = 0o777) -> None:
     retrying(mkdir, f"create folder {path}", retry_timeout)
 
 
-def _unlink_quietly(path: str) -> None:
+def remove_quietly(path: str) -> None:
+    """Unlink ``path`` (a file of this process alone) if it is there; errors are ignored."""
     try:
         os.unlink(path)
     except OSError:
@@ -414,7 +511,7 @@ class ServerClock:
                 stamped = os.fstat(fd).st_mtime
             finally:
                 os.close(fd)
-                _unlink_quietly(probe)
+                remove_quietly(probe)
             after = time.time()
         except OSError as err:
             log.debug("cannot probe the server clock in %s: %s", self.folder, err)

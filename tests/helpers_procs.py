@@ -13,6 +13,8 @@ ignores). Line formats::
     L ID COUNTER    consumer: ack/nack/extend raised LeaseLostError
     E ID            extender: extend_lease succeeded
     C N             cleaner: finished its Nth clean()
+    R ID INODE      relay: got ID, in the file with that inode (logged before ack)
+    F ID            relay: published the follow-up ID
 
 An exception in a child is written to ``LOG.err`` and re-raised (exit code 1).
 """
@@ -136,6 +138,37 @@ def consumer(root: str, queue: str, log_path: str, until: Sequence[str] = (), st
     _guarded(log_path, body)
 
 
+def relay(root: str, queue: str, log_path: str, until: Sequence[str] = (), start=None) -> None:
+    """Consume, ack, and for a message ``CHAIN.HOPS`` with HOPS > 0 publish its
+    follow-up ``CHAIN.HOPS-1`` to the same queue: where files are reused, that
+    publish rewrites a file some process acked. Stops like :func:`consumer`."""
+    def body() -> None:
+        b = ddmq.broker(root)
+        b.clock.now()
+        fd = _open_log(log_path)
+        if start is not None:
+            start.wait()
+        done_seen = False
+        while True:
+            msg = b.consume(queue, wait=0.5)
+            if msg is None:
+                if done_seen:
+                    break
+                done_seen = _all_exist(until)
+                continue
+            inode = os.stat(os.path.join(root, queue, "work", msg.filename)).st_ino
+            _log(fd, f"R {msg.message} {inode}")
+            b.ack(msg)
+            chain, hops = msg.message.rsplit(".", 1)
+            if int(hops) > 0:
+                follow_up = f"{chain}.{int(hops) - 1}"
+                b.publish(queue, follow_up)
+                _log(fd, f"F {follow_up}")
+        b.close()
+        os.close(fd)
+    _guarded(log_path, body)
+
+
 class _CountRequeues(logging.Handler):
     """Counts the expired leases this process requeued (from ddmq's own log)."""
 
@@ -238,13 +271,18 @@ def extender(root: str, queue: str, log_path: str, count: int, seconds: float, s
 
 def die_at(root: str, queue: str, action: str, op: str, target: str, when: str,
            log_path: str) -> None:
-    """Do one ``action`` on message ``k0`` (publish, consume, nack, ack or
-    clean) and SIGKILL this very process just ``before`` or ``after`` its first
-    ``os.rename`` (``op`` "rename", by destination) or ``os.unlink`` ("unlink")
-    of a file in ``target``: "queue" (a waiting message), "work" (a lease) or
-    "requeue" (the private name of a requeue in ``tmp/``). Exits with an error
-    if that step is never reached."""
+    """Do one ``action`` on message ``k0`` (publish, publish-spare: publish
+    by rewriting a spare, consume, nack, ack or clean) and SIGKILL this very
+    process just ``before`` or ``after`` its first ``os.rename`` (``op``
+    "rename", by destination) or ``os.unlink`` ("unlink") of a file in
+    ``target``: "queue" (a waiting message), "work" (a lease), "requeue" (the
+    private name of a requeue in ``tmp/``) or "spare" (an acked file kept for
+    reuse in ``tmp/``). An ack that unlinks is one on a filesystem where
+    files are not reused (as on NFS). Exits with an error if that step is
+    never reached."""
     def body() -> None:
+        if action == "ack" and op == "unlink":
+            ddmq.protocol.REUSE_FILESYSTEMS = frozenset()
         b = ddmq.broker(root)
         b.clock.now()
         folder = os.path.join(b.root, queue)
@@ -255,6 +293,8 @@ def die_at(root: str, queue: str, action: str, op: str, target: str, when: str,
                 return parent == folder and name.count(".") == 2
             if target == "work":
                 return parent == os.path.join(folder, "work")
+            if target == "spare":
+                return name.startswith("spare.")
             return name.startswith("requeue.")
 
         real = getattr(os, op)
@@ -268,8 +308,12 @@ def die_at(root: str, queue: str, action: str, op: str, target: str, when: str,
             return real(*args, **kwargs)
 
         msg = b.consume(queue, clean=False) if action in ("nack", "ack") else None
+        if action == "publish-spare":
+            b.publish(queue, "warm-up", clean=False)
+            b.ack(b.consume(queue, clean=False), clean=False)  # leaves a spare in tmp/
+            assert [n for n in os.listdir(os.path.join(folder, "tmp")) if n.startswith("spare.")]
         setattr(os, op, hooked)
-        if action == "publish":
+        if action in ("publish", "publish-spare"):
             b.publish(queue, "k0", clean=False)
         elif action == "consume":
             b.consume(queue, clean=False)

@@ -16,6 +16,8 @@ import ddmq
 from ddmq import protocol
 from conftest import expire, mounted_tmpfs, run_as_unprivileged, tree
 
+broker_module = sys.modules["ddmq.broker"]  # ddmq.broker is also the name of the class
+
 
 def drain(broker, queue="q"):
     out = []
@@ -280,6 +282,7 @@ def test_abandoned_requeue_is_finished_by_housekeeping(b):
     assert b.consume("q") is None
     b.clean("q", force=True)
     assert drain(b) == ["x"]
+    b.close()  # takes its spares along
     assert os.listdir(os.path.join(b.root, "q", "tmp")) == []
 
 
@@ -419,6 +422,109 @@ def test_a_publish_whose_rename_answer_was_lost_is_not_published_twice(b, monkey
     assert os.listdir(os.path.join(b.root, "q", "tmp")) == []
     other.ack(taken[0])
     assert drain(b) == []
+
+
+def spares(broker, queue="q"):
+    return sorted(n for n in os.listdir(os.path.join(broker.root, queue, "tmp")) if n.startswith("spare."))
+
+
+def inode(broker, queue, name, sub=""):
+    return os.stat(os.path.join(broker.root, queue, sub, name)).st_ino
+
+
+def test_acked_files_are_rewritten_by_later_publishes_on_a_local_filesystem(b, monkeypatch):
+    assert protocol.filesystem_type(b.root) in protocol.REUSE_FILESYSTEMS  # tmp_path is local
+    monkeypatch.setattr(broker_module, "SPARE_RELIST_SECONDS", 0.0)
+    for text in ("a", "b", "c"):
+        b.publish("q", text)
+    consumer = ddmq.broker(b.root)  # another process, as far as the files go
+    got = [consumer.consume("q") for _ in range(3)]
+    used = {inode(b, "q", m.filename, "work") for m in got}
+    consumer.ack(got[0])
+    consumer.ack("q", [m.filename for m in got[1:]])
+    assert len(spares(b)) == 3 and b.get_message_list("q") == ([], [])  # acked: not in the queue
+    longer = b.publish("q", {"text": "a longer message " * 20})
+    shorter = b.publish("q", "d")
+    assert {inode(b, "q", longer.filename), inode(b, "q", shorter.filename)} <= used
+    assert len(spares(b)) == 1
+    assert drain(b) == [{"text": "a longer message " * 20}, "d"]  # whole, and nothing of before
+    consumer.close()  # what a broker leaves of its own goes with it
+    b.close()
+    assert spares(b) == [] and os.listdir(os.path.join(b.root, "q", "tmp")) == []
+
+
+def test_a_file_that_holds_another_message_is_not_delivered(b, monkeypatch):
+    first = b.publish("q", "first")
+    other = b.publish("q", "other")
+    with open(os.path.join(b.root, "q", other.filename), "rb") as handle:
+        other_bytes = handle.read()
+    # A consumer whose lease ran out while it read: housekeeping took its work
+    # file, which was then acked and rewritten for another message. Lease lost.
+    moved = os.path.join(b.root, "q", "tmp", "spare.reused")
+
+    def reused_while_read(path, retry):
+        os.rename(path, moved)
+        return other_bytes
+
+    monkeypatch.setattr(protocol, "read", reused_while_read)
+    assert b.consume("q", path=first.filename) is None
+    monkeypatch.undo()
+    assert b.get_message_list("q") == ([other.filename], []) and b.list_dead("q") == []
+    # A file that is not what its name says, while no one took it: set aside.
+    os.rename(moved, os.path.join(b.root, "q", first.filename))
+    with open(os.path.join(b.root, "q", first.filename), "wb") as handle:
+        handle.write(other_bytes)
+    with pytest.raises(ddmq.MessageNotFoundError):
+        b.get_message(os.path.join("q", first.filename))
+    assert b.consume("q", path=first.filename) is None
+    assert b.get_message_list("q")[1] == [] and b.list_dead("q") == ["unparseable." + first.filename]
+    assert b.consume("q").message == "other"
+
+
+def test_a_consumer_leaves_a_bounded_number_of_spares(b, monkeypatch):
+    monkeypatch.setattr(broker_module, "SPARE_RELIST_SECONDS", 0.0)
+    limit = broker_module.SPARES_MAX
+    for i in range(limit + 10):
+        b.publish("q", i)
+    consumer = ddmq.broker(b.root)
+    for _ in range(limit + 10):
+        consumer.ack(consumer.consume("q"))
+    assert len(spares(b)) == limit  # no one publishes: the rest were unlinked
+    for i in range(limit):
+        b.publish("q", i)  # each rewrites one
+    assert spares(b) == []
+    for _ in range(limit):
+        consumer.ack(consumer.consume("q"))
+    assert len(spares(b)) == limit  # taken ones are made again
+    consumer.close()
+    assert spares(b) == []
+
+
+def test_spares_nobody_rewrites_are_removed_by_housekeeping(b, monkeypatch):
+    b.publish("q", "x")
+    b.ack(b.consume("q"))
+    assert len(spares(b)) == 1
+    monkeypatch.setattr(broker_module, "SPARE_MAX_AGE_SECONDS", -1)
+    b.clean("q", force=True)
+    assert spares(b) == []
+    b.publish("q", "y")  # its spare is gone: a new file
+    assert drain(b) == ["y"]
+
+
+def test_acked_files_are_unlinked_on_a_network_filesystem_or_a_queue_without_tmp(root, monkeypatch):
+    monkeypatch.setattr(protocol, "REUSE_FILESYSTEMS", frozenset())  # as on NFS, GlusterFS, Lustre
+    remote = ddmq.broker(root)
+    remote.create_queue("q")
+    remote.publish("q", "x")
+    remote.ack(remote.consume("q"))
+    assert spares(remote) == []
+    monkeypatch.undo()
+    local = ddmq.broker(root)
+    local.publish("q", "y")
+    msg = local.consume("q")
+    os.rmdir(os.path.join(root, "q", "tmp"))  # as in a queue made by ddmq 0.9
+    local.ack(msg)
+    assert local.get_message_list("q") == ([], []) and not os.path.exists(os.path.join(root, "q", "tmp"))
 
 
 def test_folder_without_permission_gives_filesystem_error(b):

@@ -21,8 +21,10 @@ import pytest
 
 import ddmq
 from conftest import expire
+from ddmq import protocol
+from ddmq.broker import SPARES_MAX
 from helpers_procs import (cleaner, consumer, die_at, extender, housekeeper, publisher,
-                           read_log)
+                           read_log, relay)
 
 CTX = multiprocessing.get_context("spawn")
 Q = "q"
@@ -171,6 +173,47 @@ def test_stress_publishers_and_consumers_exactly_once(tmp_path, procs):
     assert_empty(b)
     report("stress", messages=len(published), seconds=round(took, 1),
            per_second=round(len(published) / took), share=share)
+
+
+def test_reused_files_deliver_each_message_once_with_its_own_content(tmp_path, procs):
+    # Relays ack messages and publish follow-ups to the same queue: every such
+    # publish rewrites a file some process acked (a spare), while the others
+    # claim, read and ack around it. Each message must arrive once, as itself.
+    root, b = new_root(tmp_path)
+    assert protocol.filesystem_type(root) in protocol.REUSE_FILESYSTEMS, (
+        "this test needs tmp_path on a local filesystem, where acked files are reused")
+    chains, hops, n_relays = 300, 6, 4
+    start = CTX.Event()
+    seeded = str(tmp_path / "seeded")
+    relays = [f"r{i}" for i in range(n_relays)]
+    for name in relays:
+        procs.start(name, relay, root, Q, procs.log(name), [seeded], start)
+    start.set()
+    for chain in range(chains):
+        b.publish(Q, f"c{chain}.{hops}")
+    open(seeded, "w").close()
+    procs.join()
+    got = [(fields[1], int(fields[2])) for name in relays for fields in read_log(procs.log(name))
+           if fields[0] == "R"]
+    follow_ups = [fields[1] for name in relays for fields in read_log(procs.log(name)) if fields[0] == "F"]
+    while True:  # a follow-up published as the last relays stopped
+        msg = b.consume(Q)
+        if msg is None:
+            break
+        got.append((msg.message, 0))
+        b.ack(msg)
+    expected = [f"c{chain}.{hop}" for chain in range(chains) for hop in range(hops + 1)]
+    received = collections.Counter(message for message, _ in got)
+    assert sorted(follow_ups) == sorted(m for m in expected if not m.endswith(f".{hops}"))
+    assert not {m: n for m, n in received.items() if n > 1}, "delivered twice"
+    assert set(received) == set(expected), f"lost: {sorted(set(expected) - set(received))[:10]}"
+    inodes = {inode for _, inode in got if inode}
+    assert len(inodes) < len(got) / 2, f"files were not reused: {len(inodes)} inodes for {len(got)} messages"
+    assert_empty(b)
+    b.close()
+    spares = [n for n in os.listdir(os.path.join(root, Q, "tmp")) if n.startswith("spare.")]
+    assert len(spares) <= SPARES_MAX * n_relays
+    report("reuse", messages=len(got), inodes=len(inodes), spares_left=len(spares))
 
 
 # --- 2. kill -9 chaos --------------------------------------------------------------
@@ -447,10 +490,14 @@ def test_requeue_limit_dead_letters_each_message_once_under_concurrency(tmp_path
     # (least, most, requeue_counter of each)
     ("publish", "rename", "queue", "before", (0, 0, None)),   # never published: publish() never returned
     ("publish", "rename", "queue", "after", (1, 1, 0)),
+    ("publish-spare", "rename", "queue", "before", (0, 0, None)),
+    ("publish-spare", "rename", "queue", "after", (1, 1, 0)),
     ("consume", "rename", "work", "before", (1, 1, 0)),
     ("consume", "rename", "work", "after", (1, 1, 1)),       # back when its lease ends
-    ("ack", "unlink", "work", "before", (1, 1, 1)),
+    ("ack", "unlink", "work", "before", (1, 1, 1)),        # files not reused (network filesystem)
     ("ack", "unlink", "work", "after", (0, 0, None)),
+    ("ack", "rename", "spare", "before", (1, 1, 1)),        # files reused (local filesystem)
+    ("ack", "rename", "spare", "after", (0, 0, None)),
     ("nack", "rename", "requeue", "after", (1, 1, 1)),      # the abandoned requeue is finished
     ("nack", "rename", "queue", "before", (1, 1, 1)),
     ("nack", "rename", "queue", "after", (1, 2, 1)),        # at-least-once: maybe finished twice
@@ -459,7 +506,7 @@ def test_requeue_limit_dead_letters_each_message_once_under_concurrency(tmp_path
 ])
 def test_kill9_at_each_protocol_step_loses_nothing(tmp_path, procs, action, op, target, when, expected):
     root, b = new_root(tmp_path)
-    if action != "publish":
+    if not action.startswith("publish"):
         b.publish(Q, "k0")
     if action == "clean":
         expire(b, Q, b.consume(Q).filename)

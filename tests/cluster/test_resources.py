@@ -105,6 +105,7 @@ def test_full_filesystem_consume_ack_nack_and_clean(tmp_path, monkeypatch, capsy
 
         acked = b.consume("q")  # its automatic housekeeping has nothing to requeue yet
         b.ack(acked)
+        b.close()  # the acked file, kept for a publish to rewrite, goes: publishing needs new room
         fill(mount)  # what the ack freed
         with pytest.raises(ddmq.FilesystemError) as caught:
             b.publish("q", "x" * 10_000)
@@ -143,6 +144,7 @@ def test_full_filesystem_consume_ack_nack_and_clean(tmp_path, monkeypatch, capsy
             b.ack(msg)
         assert sorted(got) == sorted([(nacked.message, 1), (expired.message, 1), (by_cli.message, 1),
                                       ("m4", 0)])
+        b.close()
         assert queue_files(b) == {"waiting": [], "work": [], "tmp": [], "dead": []}
         b.publish("q", "works again")
         assert b.consume("q").message == "works again"
