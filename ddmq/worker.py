@@ -203,14 +203,17 @@ class Worker:
         results (one reply message per reply queue) and ack them.
 
         Messages not yet started are given back when the worker is asked to
-        stop, or when the batch has taken a third of a lease (only the running
+        stop, when the tasks turn out not to be quick (so that other workers
+        take them: a batch is claimed only after quick tasks, see MAX_BATCH),
+        or when the batch has taken a third of a lease (only the running
         task's lease is extended). The keeper sends the results gathered so
         far when a task of the batch turns out slow, so they do not wait for it."""
         started = time.monotonic()
         ran = 0
         for index, msg in enumerate(msgs):
             elapsed = time.monotonic() - started
-            if index and (self._stopping or elapsed > self._lease_of(msg) / 3):
+            if index and (self._stopping or elapsed > index * QUICK_TASK
+                          or elapsed > self._lease_of(msg) / 3):
                 with self._lock:
                     self._queued = []
                 for rest in msgs[index:]:

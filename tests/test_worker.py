@@ -288,6 +288,35 @@ def test_slow_tasks_are_not_batched_so_all_workers_share_them(tmp_path):
             worker.wait(timeout=LONG)
 
 
+def test_a_batch_that_turns_out_slow_is_given_back_to_other_workers(tmp_path):
+    """After quick tasks a worker claims many at once; when they turn out
+    slow it gives back those it has not started, for idle workers to take."""
+    root, log = tmp_path / "root", tmp_path / "slow.log"
+    with DDMQExecutor(root, max_workers=0) as ex:
+        first = start_worker(root)
+        try:
+            quick = [ex.submit(whoami, i) for i in range(40)]
+            assert [f.result(timeout=LONG)[1] for f in quick] == list(range(40))  # it batches now
+            os.kill(first.pid, signal.SIGSTOP)
+            try:
+                slow = [ex.submit(slow_once, str(log), 0.3) for _ in range(6)]
+            finally:
+                os.kill(first.pid, signal.SIGCONT)
+            b = ddmq.broker(root)
+            wait_until(lambda: len(b.get_message_list(ex.queue)[1]) == 6, "one claim of all six")
+            second = start_worker(root)
+            try:
+                assert [f.result(timeout=LONG) for f in slow] == ["slow done"] * 6
+            finally:
+                second.terminate()
+                assert second.wait(LONG) == 0
+        finally:
+            first.terminate()
+            assert first.wait(LONG) == 0
+    runners = {line.split()[1] for line in log.read_text().splitlines()}
+    assert runners == {str(first.pid), str(second.pid)}
+
+
 def test_sigterm_after_grace_gives_back_the_whole_batch(tmp_path):
     """A worker stopped in the middle of a batch of claimed tasks answers the
     ones it ran, gives back the running task and the ones it had not started:
