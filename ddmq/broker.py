@@ -27,7 +27,6 @@ temporary files) runs inside publish/consume/ack/nack at most once per
 from __future__ import annotations
 
 import bisect
-import collections
 import itertools
 import logging
 import os
@@ -37,7 +36,7 @@ import time
 import uuid
 from typing import Any, Iterable, Sequence
 
-from . import protocol
+from . import protocol, reuse
 from .errors import (DdmqError, FilesystemError, InvalidMessageError, InvalidNameError,
                      LeaseLostError, MessageNotFoundError, QueueNotFoundError,
                      RootMissingError, RootUninitiatedError)
@@ -68,17 +67,13 @@ TMP_SCAN_SECONDS = 30.0
 #: Longest queue name: its folder and the names of its files must fit NAME_MAX (255).
 MAX_QUEUE_NAME = 128
 #: On a local filesystem an acked file becomes a spare in its queue's tmp/
-#: folder, for a publisher to that queue to rewrite (see protocol.REUSE_FILESYSTEMS).
+#: folder, for a publisher to that queue to rewrite (see ddmq.reuse).
 #: Each broker leaves at most this many spares per queue that no publisher
 #: has taken yet; past that, acked files are unlinked.
 SPARES_MAX = 32
-#: Name prefix of spares in a queue's tmp/ folder.
-SPARE_PREFIX = "spare."
 #: Spares older than this (by their ctime, set when they were retired) are
 #: remains of dead processes or of a queue nobody publishes to: housekeeping removes them.
 SPARE_MAX_AGE_SECONDS = 60
-#: A publisher that found no spare in tmp/ looks again after this long at the earliest.
-SPARE_RELIST_SECONDS = 0.1
 
 _ROOT_TEMPLATE = """\
 # ddmq settings for every queue under this root; a queue's own ddmq.yaml
@@ -162,17 +157,6 @@ class _Candidates:
         self.lost_in_row = 0
 
 
-class _Spares:
-    """One queue's spares, as one broker knows them (see SPARES_MAX)."""
-
-    __slots__ = ("retired", "found", "listed_at")
-
-    def __init__(self) -> None:
-        self.retired: collections.deque[str] = collections.deque()  # ours, oldest first
-        self.found: list[str] = []  # seen in tmp/ by the last look, not tried yet
-        self.listed_at = -1e18
-
-
 class Broker:
     """A root folder of queues. Safe to share between threads; every process
     (or node) opens its own.
@@ -214,8 +198,9 @@ class Broker:
         self._lease_guess: dict[str, float] = {}  # queue -> lease of the last message claimed
         self._watcher = FolderWatcher()
         self._instance = next(_INSTANCES)  # brokers of one process on two mounts claim apart
-        self._reuse_files = protocol.filesystem_type(self.root) in protocol.REUSE_FILESYSTEMS
-        self._spares: dict[str, _Spares] = {}  # queue folder -> its spares (guarded by _lock)
+        # Acked files to rewrite for later publishes, on a local filesystem only.
+        local = reuse.filesystem_type(self.root) in reuse.REUSE_FILESYSTEMS
+        self._spares = reuse.SparePool(SPARES_MAX) if local else None
 
     def __repr__(self) -> str:
         return f"ddmq.broker({self.root!r})"
@@ -327,8 +312,9 @@ class Broker:
                                   f"delete queue {queue}")
         with self._lock:
             self._candidates.pop(queue, None)
-            self._spares.pop(folder, None)
         self._watcher.forget(folder)
+        if self._spares is not None:
+            self._spares.forget(os.path.join(folder, TMP))
         for sub in (WORK, DEAD, TMP):
             path = os.path.join(folder, sub)
             for name in self._list(path, timeout):
@@ -412,7 +398,9 @@ class Broker:
         data = msg.to_json().encode("utf-8")
         final = f"{folder}{os.sep}{msg.filename}"
         tmp = f"{folder}{os.sep}{TMP}"
-        spare = self._take_spare(folder, tmp, settings["retry_timeout"]) if self._reuse_files else None
+        spare: str | None = f"{tmp}{os.sep}{protocol.unique_token()}"
+        if self._spares is None or not self._spares.take(tmp, spare, settings["retry_timeout"]):
+            spare = None
         for attempt in range(3):
             try:
                 protocol.write_new_file(tmp, final, data, settings["fsync"], settings["retry_timeout"],
@@ -428,74 +416,15 @@ class Broker:
             finally:
                 spare = None  # used up, whatever happened
 
-    def _take_spare(self, folder: str, tmp: str, retry: float) -> str | None:
-        """Make a spare of the queue ours, under a private name in ``tmp``, to
-        publish by rewriting it; None if there is none (then publish in a new
-        file). Renaming it claims it: of publishers racing for one spare,
-        exactly one renames it."""
-        with self._lock:
-            if folder not in self._spares and len(self._spares) >= 1024:  # e.g. many executors' reply queues
-                self._spares = {k: v for k, v in self._spares.items() if v.retired}
-            spares = self._spares.setdefault(folder, _Spares())
-            look = (not spares.retired and not spares.found
-                    and time.monotonic() - spares.listed_at >= SPARE_RELIST_SECONDS)
-            if look:
-                spares.listed_at = time.monotonic()
-        if look:
-            try:
-                names = protocol.list_folder(tmp, retry)
-            except (OSError, FilesystemError):
-                names = []
-            found = [f"{tmp}{os.sep}{n}" for n in names if n.startswith(SPARE_PREFIX)]
-            with self._lock:
-                spares.found = found
-                if found:
-                    spares.listed_at = -1e18  # when these are used up, look again at once
-        for _ in range(8):
-            with self._lock:
-                if spares.retired:
-                    candidate = spares.retired.pop()  # the newest: least likely taken by another
-                elif spares.found:
-                    candidate = spares.found.pop()
-                else:
-                    return None
-            private = f"{tmp}{os.sep}{protocol.unique_token()}"
-            if protocol.rename_local(candidate, private):
-                return private
-        return None
-
     def _retire(self, folder: str, work_path: str, retry: float) -> bool:
         """Remove an acked work file: where files are reused, make it a spare
-        in the queue's tmp/ (see protocol.REUSE_FILESYSTEMS), else unlink it.
+        in the queue's tmp/ (see ddmq.reuse), else unlink it.
         False if it was gone (the lease was lost)."""
-        if self._reuse_files and self._room_for_spare(folder):
-            spare = f"{folder}{os.sep}{TMP}{os.sep}{SPARE_PREFIX}{protocol.unique_token()}"
-            retired = protocol.rename_local(work_path, spare)
-            if retired:
-                with self._lock:
-                    self._spares.setdefault(folder, _Spares()).retired.append(spare)
+        if self._spares is not None:
+            retired = self._spares.retire(work_path, f"{folder}{os.sep}{TMP}")
             if retired is not None:
                 return retired
         return protocol.remove(work_path, retry)
-
-    def _room_for_spare(self, folder: str) -> bool:
-        """Whether to leave one more spare in the queue's tmp/: fewer than
-        SPARES_MAX of ours are there, as far as we know. Past that, each call
-        looks whether a publisher took one of ours (one lstat): publishers
-        take spares in no particular order."""
-        with self._lock:
-            retired = self._spares.setdefault(folder, _Spares()).retired
-            if len(retired) < SPARES_MAX:
-                return True
-            oldest = retired[0]
-        taken = not os.path.lexists(oldest)
-        with self._lock:
-            if retired and retired[0] == oldest:
-                if taken:
-                    retired.popleft()
-                else:
-                    retired.rotate(-1)  # look at the next one the next time
-        return taken
 
     def _remember(self, queue: str, waiting: WaitingName) -> None:
         """Add our own publish to our cached listing, so we need not list again."""
@@ -651,7 +580,7 @@ class Broker:
                     return msg
                 if not os.path.lexists(work_path):
                     # Our lease was lost while we read, and the file was reused
-                    # for another message (see protocol.REUSE_FILESYSTEMS): not ours.
+                    # for another message (see ddmq.reuse): not ours.
                     log.warning("message %s of %s changed while it was read: lease lost", work_name, queue)
                     return None
                 problem = InvalidMessageError(f"it holds message {short_repr(msg.id)}, not the one its name says")
@@ -947,7 +876,7 @@ class Broker:
                     st = os.stat(path)
                 except OSError:
                     continue
-                if name.startswith(SPARE_PREFIX):
+                if name.startswith(reuse.SPARE_PREFIX):
                     # A spare keeps the mtime of its last message; retiring it (a rename) set its ctime.
                     if now - st.st_ctime > SPARE_MAX_AGE_SECONDS:
                         log.debug("removing unused spare %s", name)
@@ -1050,16 +979,13 @@ class Broker:
         """Release the folder watches and remove the files kept for reuse
         (the broker stays usable)."""
         self._watcher.close()
-        with self._lock:
-            pools, self._spares = self._spares, {}
-        for spares in pools.values():
-            for spare in spares.retired:
-                protocol.remove_quietly(spare)  # gone already if a publisher took it
+        if self._spares is not None:
+            self._spares.close()
 
 
 def _is_file_of(msg: Message, name: str) -> bool:
     """Whether ``msg``, read from the file ``name``, is that file's message:
-    a file is reused for another message once acked (see protocol.REUSE_FILESYSTEMS),
+    a file is reused for another message once acked (see ddmq.reuse),
     so a reader that lost the race sees another id."""
     parsed = parse_work_name(name)
     _, mark, file_id = (parsed[1] if parsed else name).rpartition(".ddmq")

@@ -30,7 +30,7 @@ consumers at once while its lease holds::
    expired and was requeued): the caller is told. On a local filesystem it
    is renamed to a *spare* in ``tmp/`` instead (as atomic; "gone" means the
    same), which a publisher to the queue claims and rewrites rather than
-   create a file (see :data:`REUSE_FILESYSTEMS`).
+   create a file (see :mod:`ddmq.reuse`).
 4. **Requeue** first takes the work file by renaming it to a private name in
    ``tmp/`` (so two housekeepers cannot both requeue it), then publishes the
    copy through step 1, then unlinks the private file. A process killed in
@@ -56,7 +56,6 @@ import errno
 import logging
 import math
 import os
-import re
 import socket
 import stat as stat_module
 import threading
@@ -173,8 +172,8 @@ def write_new_file(tmp_dir: str, final_path: str, data: bytes, fsync: bool,
     """Step 1: make ``final_path`` appear with ``data``, all at once.
 
     ``spare``: a file of this process alone (a spare it claimed, see
-    :data:`REUSE_FILESYSTEMS`) to rewrite instead of creating a new one; it
-    is used up either way. Raises
+    :mod:`ddmq.reuse`) to rewrite instead of creating a new one; it is used
+    up either way. Raises
     FileNotFoundError if ``tmp_dir`` or the destination folder is missing,
     FilesystemError for other failures (after retrying transient ones).
     Leaves no temporary file behind when it fails.
@@ -280,48 +279,6 @@ def rename_local(src: str, dst: str) -> bool | None:
         return None if os.path.lexists(src) else False
     except OSError:
         return None
-
-
-#: Filesystems on which acked files are reused: an acked work file is renamed
-#: to a *spare* in its queue's ``tmp/`` (step 3), and a publisher to that
-#: queue claims a spare by renaming it to a private name, rewrites it and
-#: renames it into the queue (step 1), instead of unlinking one file and
-#: creating another: allocating and freeing an inode per message is what
-#: costs most on a busy disk (on ext4 without a journal a create searches past
-#: every inode freed in the last minute). Local filesystems only, where a
-#: rename either happened or did not and no other node caches the file's
-#: content: a reader that lost its lease while reading sees another id in
-#: the file and drops it (see Broker). On a network filesystem every
-#: message gets a new file.
-REUSE_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "tmpfs"})
-
-
-def filesystem_type(path: str) -> str | None:
-    """The type of the filesystem that holds ``path`` ("ext4", "nfs4",
-    "fuse.glusterfs", ...), from ``/proc/self/mountinfo``; None where that
-    cannot be told (not Linux)."""
-    real = os.path.realpath(path)
-    best, found = -1, None
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                fields = line.split()
-                try:
-                    mount_point = _unescape_mount(fields[4])
-                    fstype = fields[fields.index("-", 6) + 1]
-                except (IndexError, ValueError):
-                    continue
-                inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
-                if inside and len(mount_point) >= best:
-                    best, found = len(mount_point), fstype
-    except OSError:
-        return None
-    return found
-
-
-def _unescape_mount(text: str) -> str:
-    """Undo mountinfo's octal escapes (space, tab, newline, backslash)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text) if "\\" in text else text
 
 
 def fsync_folder(path: str) -> None:

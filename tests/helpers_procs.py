@@ -282,7 +282,7 @@ def die_at(root: str, queue: str, action: str, op: str, target: str, when: str,
     never reached."""
     def body() -> None:
         if action == "ack" and op == "unlink":
-            ddmq.protocol.REUSE_FILESYSTEMS = frozenset()
+            ddmq.reuse.REUSE_FILESYSTEMS = frozenset()
         b = ddmq.broker(root)
         b.clock.now()
         folder = os.path.join(b.root, queue)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import ddmq
-from ddmq import protocol
+from ddmq import protocol, reuse
 from conftest import expire, mounted_tmpfs, run_as_unprivileged, tree
 
 broker_module = sys.modules["ddmq.broker"]  # ddmq.broker is also the name of the class
@@ -433,8 +433,7 @@ def inode(broker, queue, name, sub=""):
 
 
 def test_acked_files_are_rewritten_by_later_publishes_on_a_local_filesystem(b, monkeypatch):
-    assert protocol.filesystem_type(b.root) in protocol.REUSE_FILESYSTEMS  # tmp_path is local
-    monkeypatch.setattr(broker_module, "SPARE_RELIST_SECONDS", 0.0)
+    assert reuse.filesystem_type(b.root) in reuse.REUSE_FILESYSTEMS  # tmp_path is local
     for text in ("a", "b", "c"):
         b.publish("q", text)
     consumer = ddmq.broker(b.root)  # another process, as far as the files go
@@ -482,7 +481,6 @@ def test_a_file_that_holds_another_message_is_not_delivered(b, monkeypatch):
 
 
 def test_a_consumer_leaves_a_bounded_number_of_spares(b, monkeypatch):
-    monkeypatch.setattr(broker_module, "SPARE_RELIST_SECONDS", 0.0)
     limit = broker_module.SPARES_MAX
     for i in range(limit + 10):
         b.publish("q", i)
@@ -512,7 +510,7 @@ def test_spares_nobody_rewrites_are_removed_by_housekeeping(b, monkeypatch):
 
 
 def test_acked_files_are_unlinked_on_a_network_filesystem_or_a_queue_without_tmp(root, monkeypatch):
-    monkeypatch.setattr(protocol, "REUSE_FILESYSTEMS", frozenset())  # as on NFS, GlusterFS, Lustre
+    monkeypatch.setattr(reuse, "REUSE_FILESYSTEMS", frozenset())  # as on NFS, GlusterFS, Lustre
     remote = ddmq.broker(root)
     remote.create_queue("q")
     remote.publish("q", "x")

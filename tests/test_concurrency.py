@@ -21,7 +21,7 @@ import pytest
 
 import ddmq
 from conftest import expire
-from ddmq import protocol
+from ddmq import reuse
 from ddmq.broker import SPARES_MAX
 from helpers_procs import (cleaner, consumer, die_at, extender, housekeeper, publisher,
                            read_log, relay)
@@ -180,7 +180,7 @@ def test_reused_files_deliver_each_message_once_with_its_own_content(tmp_path, p
     # publish rewrites a file some process acked (a spare), while the others
     # claim, read and ack around it. Each message must arrive once, as itself.
     root, b = new_root(tmp_path)
-    assert protocol.filesystem_type(root) in protocol.REUSE_FILESYSTEMS, (
+    assert reuse.filesystem_type(root) in reuse.REUSE_FILESYSTEMS, (
         "this test needs tmp_path on a local filesystem, where acked files are reused")
     chains, hops, n_relays = 300, 6, 4
     start = CTX.Event()

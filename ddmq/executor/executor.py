@@ -77,7 +77,7 @@ from ..errors import DdmqError, LeaseLostError, MessageNotFoundError, QueueNotFo
 from ..message import Message
 from . import heartbeat
 from .payload import (SignatureError, discard, dump_task, load_result, load_secret,
-                      make_spill_folder, prune_spill_folders, rebuild, remove_spill_folder,
+                      make_spill_folder, prune_spill_folders, rebuild, release, remove_spill_folder,
                       spill_folder, spill_path)
 
 log = logging.getLogger(__name__)
@@ -161,10 +161,7 @@ class _Task:
     def over(self) -> None:
         """The task is done, failed or cancelled: remove its payload file."""
         if self.spill is not None:
-            try:
-                os.unlink(self.spill)
-            except OSError:
-                pass
+            release(self.spill)
 
 
 class _LocalWorker:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import functools
 import hashlib
 import hmac
 import logging
@@ -63,6 +64,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 import cloudpickle
 
+from .. import reuse
 from ..errors import DdmqError, FilesystemError
 
 log = logging.getLogger(__name__)
@@ -241,6 +243,7 @@ class _Sink:
         self._buffer = bytearray()
         self._mac: Any = None  # made when the payload moves to a file, else by seal()
         self._fd: int | None = None
+        self._size = 0  # bytes written to the file
         self._name = ""
         self._temp = ""
 
@@ -258,8 +261,11 @@ class _Sink:
         cannot be made (e.g. the folder is gone): the payload stays inline."""
         name = f"{self._doc['task']}.{self._kind}.{secrets.token_hex(6)}"
         temp = os.path.join(self._spill, f".tmp-{name}")
+        # A spare (a payload file read and done with) is rewritten in place:
+        # its pages and blocks are there already, a new file's are not.
+        flags = os.O_WRONLY if _take_spare(self._spill, temp) else os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
-            self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._fd = os.open(temp, flags, 0o600)
         except OSError as err:
             log.debug("cannot write %s into %s (%s): sending it inline", name, self._spill, err)
             self._spill = None
@@ -273,6 +279,7 @@ class _Sink:
     def _to_file(self, data: Any) -> None:
         self._mac.update(data)
         view = memoryview(data).cast("B")
+        self._size += len(view)
         while view:
             view = view[os.write(self._fd, view):]
 
@@ -287,7 +294,10 @@ class _Sink:
         self._doc["sig"] = self._mac.hexdigest()
         fd, self._fd = self._fd, None
         try:
-            os.close(fd)
+            try:
+                os.ftruncate(fd, self._size)  # a rewritten spare may have been longer
+            finally:
+                os.close(fd)
             os.rename(self._temp, os.path.join(self._spill, self._name))
         except BaseException:
             _unlink(self._temp)
@@ -413,10 +423,39 @@ def prune_spill_folders(root: str | os.PathLike, queues: Sequence[str],
 
 
 def discard(doc: Any, spill: str | None) -> None:
-    """Remove the spill file of an envelope that will not be loaded."""
+    """Remove the spill file of an envelope (loaded, or not to be loaded)."""
     path = _spill_file(doc, spill) if isinstance(doc, dict) else None
     if path is not None:
+        release(path)
+
+
+def release(path: str) -> None:
+    """Remove a spill file that is done with; on a local filesystem keep it
+    as a spare for the next payload written to its folder (see
+    :mod:`ddmq.reuse`), if it is not too large to keep."""
+    folder = os.path.dirname(path)
+    try:
+        keep = _reuse_files_in(folder) and os.stat(path).st_size <= SPARE_SIZE_MAX
+    except OSError:
+        keep = False
+    if not keep or not _SPARES.retire(path, folder):
         _unlink(path)
+
+
+def _take_spare(folder: str, private: str) -> bool:
+    return _reuse_files_in(folder) and _SPARES.take(folder, private, 1.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _reuse_files_in(folder: str) -> bool:
+    return reuse.filesystem_type(folder) in reuse.REUSE_FILESYSTEMS
+
+
+#: Spill files of this process kept for reuse, per spill folder, and the
+#: largest file kept (they hold their disk space until reused or removed).
+SPARES_MAX = 8
+SPARE_SIZE_MAX = 16 << 20
+_SPARES = reuse.SparePool(SPARES_MAX)
 
 
 def spill_path(doc: dict[str, Any], spill: str | None) -> str | None:
