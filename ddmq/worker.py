@@ -72,6 +72,9 @@ ERROR_PAUSE_MAX = 30.0
 MAX_BATCH = 16
 #: Seconds a task may take on average for its worker to keep claiming batches.
 QUICK_TASK = 0.005
+#: A task of a batch whose calls ran longer than this (s) makes the worker
+#: give back the tasks of the batch it has not started, for other workers.
+SLOW_TASK = 0.05
 
 
 class _Stop(Exception):
@@ -143,6 +146,7 @@ class Worker:
         self._stop_deadline = math.inf
         self._interruptible = False
         self._batch = 1  # task messages to claim at once (see MAX_BATCH)
+        self._last_run = 0.0  # seconds the calls of the last task took (see SLOW_TASK)
         self._queued: list[Message] = []  # claimed messages of the batch not started yet
         self._pending: list[_Answer] = []  # tasks of the batch that ran, not answered yet
 
@@ -203,16 +207,17 @@ class Worker:
         results (one reply message per reply queue) and ack them.
 
         Messages not yet started are given back when the worker is asked to
-        stop, when the tasks turn out not to be quick (so that other workers
-        take them: a batch is claimed only after quick tasks, see MAX_BATCH),
+        stop, when a task turns out slow (so that other workers take them: a
+        batch is claimed only after quick tasks, see MAX_BATCH and SLOW_TASK),
         or when the batch has taken a third of a lease (only the running
         task's lease is extended). The keeper sends the results gathered so
         far when a task of the batch turns out slow, so they do not wait for it."""
         started = time.monotonic()
         ran = 0
+        self._last_run = 0.0
         for index, msg in enumerate(msgs):
             elapsed = time.monotonic() - started
-            if index and (self._stopping or elapsed > index * QUICK_TASK
+            if index and (self._stopping or self._last_run > SLOW_TASK
                           or elapsed > self._lease_of(msg) / 3):
                 with self._lock:
                     self._queued = []
@@ -290,9 +295,11 @@ class Worker:
             self._running = running
         if running.lease / 3 < KEEPER_TICK:
             self._wake.set()  # the keeper's next tick would come too late for this lease
+        began = time.monotonic()
         try:
             values, failures = self._run(task, payload)
         finally:
+            self._last_run = time.monotonic() - began
             with self._lock:  # from here on the keeper no longer touches msg
                 self._running = None
         spill = spill_folder(self.root, reply)
