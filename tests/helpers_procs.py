@@ -111,16 +111,7 @@ def consumer(root: str, queue: str, log_path: str, until: Sequence[str] = (), st
         b = ddmq.broker(root)
         b.clock.now()
         fd = _open_log(log_path)
-        if start is not None:
-            start.wait()
-        done_seen = False
-        while True:
-            msg = b.consume(queue, wait=wait)
-            if msg is None:
-                if done_seen:
-                    break
-                done_seen = _all_exist(until)
-                continue
+        for msg in _consume_until_done(b, queue, until, start, wait):
             tag = f"{msg.message} {msg.requeue_counter}"
             _log(fd, f"D {tag}")
             if work_s:
@@ -138,6 +129,23 @@ def consumer(root: str, queue: str, log_path: str, until: Sequence[str] = (), st
     _guarded(log_path, body)
 
 
+def _consume_until_done(b: ddmq.Broker, queue: str, until: Sequence[str], start, wait: float):
+    """Yield the messages of ``queue`` (after ``start`` is set) up to the first
+    empty consume() that began after every path in ``until`` existed (so
+    nothing published before then is missed)."""
+    if start is not None:
+        start.wait()
+    done_seen = False
+    while True:
+        msg = b.consume(queue, wait=wait)
+        if msg is None:
+            if done_seen:
+                return
+            done_seen = _all_exist(until)
+            continue
+        yield msg
+
+
 def relay(root: str, queue: str, log_path: str, until: Sequence[str] = (), start=None) -> None:
     """Consume, ack, and for a message ``CHAIN.HOPS`` with HOPS > 0 publish its
     follow-up ``CHAIN.HOPS-1`` to the same queue: where files are reused, that
@@ -146,16 +154,7 @@ def relay(root: str, queue: str, log_path: str, until: Sequence[str] = (), start
         b = ddmq.broker(root)
         b.clock.now()
         fd = _open_log(log_path)
-        if start is not None:
-            start.wait()
-        done_seen = False
-        while True:
-            msg = b.consume(queue, wait=0.5)
-            if msg is None:
-                if done_seen:
-                    break
-                done_seen = _all_exist(until)
-                continue
+        for msg in _consume_until_done(b, queue, until, start, 0.5):
             inode = os.stat(os.path.join(root, queue, "work", msg.filename)).st_ino
             _log(fd, f"R {msg.message} {inode}")
             b.ack(msg)
