@@ -398,9 +398,7 @@ class Broker:
         data = msg.to_json().encode("utf-8")
         final = f"{folder}{os.sep}{msg.filename}"
         tmp = f"{folder}{os.sep}{TMP}"
-        spare: str | None = f"{tmp}{os.sep}{protocol.unique_token()}"
-        if self._spares is None or not self._spares.take(tmp, spare, settings["retry_timeout"]):
-            spare = None
+        spare = None if self._spares is None else self._spares.take(tmp, settings["retry_timeout"])
         for attempt in range(3):
             try:
                 protocol.write_new_file(tmp, final, data, settings["fsync"], settings["retry_timeout"],
@@ -551,7 +549,7 @@ class Broker:
         work_path = f"{folder}{os.sep}{WORK}{os.sep}{work_name}"
         if not protocol.move(f"{folder}{os.sep}{name}", work_path, retry):
             return None
-        msg = self._read_claimed(queue, folder, work_name, retry)
+        msg = self._read_claimed(queue, folder, work_name, name.rpartition(".ddmq")[2], retry)
         if msg is None:
             return None
         msg.filename, msg.expiry = work_name, expiry
@@ -564,7 +562,8 @@ class Broker:
                 return None
         return msg
 
-    def _read_claimed(self, queue: str, folder: str, work_name: str, retry: float) -> Message | None:
+    def _read_claimed(self, queue: str, folder: str, work_name: str, msg_id: str,
+                      retry: float) -> Message | None:
         work_path = f"{folder}{os.sep}{WORK}{os.sep}{work_name}"
         for attempt in range(3):
             data = protocol.read(work_path, retry)
@@ -575,7 +574,7 @@ class Broker:
             except InvalidMessageError as err:
                 problem = err
             else:
-                if _is_file_of(msg, work_name):
+                if msg.id is None or str(msg.id) == msg_id:  # see _is_file_of
                     msg.queue = queue  # the file's own "queue" field is not to be trusted
                     return msg
                 if not os.path.lexists(work_path):

@@ -27,6 +27,7 @@ import collections
 import os
 import re
 import threading
+import time
 
 from .errors import FilesystemError
 from .protocol import list_folder, remove_quietly, rename_local, unique_token
@@ -52,6 +53,10 @@ class SparePool:
     renames it. At most ``limit`` spares per folder that no one took are
     ours at a time; past that :meth:`retire` declines (the caller unlinks).
     """
+
+    #: After a look into a folder found no spare (or all of ours untaken),
+    #: the next look is this long after.
+    RELOOK_SECONDS = 0.1
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -80,12 +85,16 @@ class SparePool:
 
     def _room(self, folder: str) -> bool:
         """Fewer than ``limit`` of our spares in ``folder`` are untaken, as far
-        as we know; past that each call looks (one lstat) whether one of ours
-        was taken: takers take spares in no particular order."""
+        as we know. Past that, a call looks (one lstat) whether one of ours
+        was taken (takers take spares in no particular order); after a look
+        that found ours still there, the next look waits RELOOK_SECONDS."""
         with self._lock:
-            ours = self._of(folder).ours
+            spares = self._of(folder)
+            ours = spares.ours
             if len(ours) < self.limit:
                 return True
+            if time.monotonic() < spares.next_room_look:
+                return False
             oldest = ours[0]
         taken = not os.path.lexists(oldest)
         with self._lock:
@@ -94,16 +103,29 @@ class SparePool:
                     ours.popleft()
                 else:
                     ours.rotate(-1)  # look at the next one the next time
+                    spares.next_room_look = time.monotonic() + self.RELOOK_SECONDS
         return taken
 
-    def take(self, folder: str, private: str, retry_timeout: float) -> bool:
-        """Claim a spare of ``folder`` by renaming it to ``private``; False if
-        none could be had."""
+    def take(self, folder: str, retry_timeout: float, private: str | None = None) -> str | None:
+        """Claim a spare of ``folder`` by renaming it to ``private`` (default:
+        a new unique name in ``folder``); that path, or None if no spare
+        could be had."""
         with self._lock:
             spares = self._of(folder)
-            known = bool(spares.ours or spares.found)
-        if not known:
-            self._look(folder, spares, retry_timeout)
+            look = (not spares.ours and not spares.found
+                    and time.monotonic() >= spares.next_look)
+            if look:
+                spares.next_look = time.monotonic() + self.RELOOK_SECONDS
+        if look:
+            try:
+                names = list_folder(folder, retry_timeout)
+            except (OSError, FilesystemError):
+                names = []
+            found = [f"{folder}{os.sep}{n}" for n in names if n.startswith(SPARE_PREFIX)]
+            with self._lock:
+                spares.found = found
+                if found:
+                    spares.next_look = 0.0  # when these are used up, look again at once
         for _ in range(8):
             with self._lock:
                 if spares.ours:
@@ -111,27 +133,11 @@ class SparePool:
                 elif spares.found:
                     candidate = spares.found.pop()
                 else:
-                    return False
-            if rename_local(candidate, private):
-                return True
-        return False
-
-    def _look(self, folder: str, spares: _FolderSpares, retry_timeout: float) -> None:
-        """List ``folder`` for spares, unless it did not change since the last
-        look (a spare renamed into it changes its mtime): one stat."""
-        try:
-            changed = os.stat(folder).st_mtime_ns  # before the listing: a change during it counts
-        except OSError:
-            return
-        if changed == spares.listed:
-            return
-        try:
-            names = list_folder(folder, retry_timeout)
-        except (OSError, FilesystemError):
-            return
-        found = [f"{folder}{os.sep}{n}" for n in names if n.startswith(SPARE_PREFIX)]
-        with self._lock:
-            spares.found, spares.listed = found, changed
+                    return None
+            target = private or f"{folder}{os.sep}{unique_token()}"
+            if rename_local(candidate, target):
+                return target
+        return None
 
     def forget(self, folder: str) -> None:
         """The folder is being deleted: drop what we know of it."""
@@ -150,12 +156,13 @@ class SparePool:
 class _FolderSpares:
     """What a SparePool knows of one folder."""
 
-    __slots__ = ("ours", "found", "listed")
+    __slots__ = ("ours", "found", "next_look", "next_room_look")
 
     def __init__(self) -> None:
         self.ours: collections.deque[str] = collections.deque()  # untaken as far as we know, oldest first
         self.found: list[str] = []  # seen in the folder by the last look, not tried yet
-        self.listed: int | None = None  # the folder's mtime (ns) at the last look
+        self.next_look = 0.0  # time.monotonic() from which to look into the folder again
+        self.next_room_look = 0.0  # ... and to look whether one of ours was taken
 
 
 def filesystem_type(path: str) -> str | None:

@@ -434,6 +434,7 @@ def inode(broker, queue, name, sub=""):
 
 def test_acked_files_are_rewritten_by_later_publishes_on_a_local_filesystem(b, monkeypatch):
     assert reuse.filesystem_type(b.root) in reuse.REUSE_FILESYSTEMS  # tmp_path is local
+    monkeypatch.setattr(reuse.SparePool, "RELOOK_SECONDS", 0.0)
     for text in ("a", "b", "c"):
         b.publish("q", text)
     consumer = ddmq.broker(b.root)  # another process, as far as the files go
@@ -481,6 +482,7 @@ def test_a_file_that_holds_another_message_is_not_delivered(b, monkeypatch):
 
 
 def test_a_consumer_leaves_a_bounded_number_of_spares(b, monkeypatch):
+    monkeypatch.setattr(reuse.SparePool, "RELOOK_SECONDS", 0.0)
     limit = broker_module.SPARES_MAX
     for i in range(limit + 10):
         b.publish("q", i)

@@ -443,7 +443,7 @@ def release(path: str) -> None:
 
 
 def _take_spare(folder: str, private: str) -> bool:
-    return _reuse_files_in(folder) and _SPARES.take(folder, private, 1.0)
+    return _reuse_files_in(folder) and _SPARES.take(folder, 1.0, private) is not None
 
 
 @functools.lru_cache(maxsize=64)
