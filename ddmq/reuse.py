@@ -48,15 +48,15 @@ class SparePool:
     :data:`REUSE_FILESYSTEMS`). Safe to share between threads.
 
     :meth:`retire` renames a file to ``FOLDER/spare.TOKEN``; :meth:`take`
-    claims any spare of the folder, ours or another process's, by renaming
-    it to a private name: of processes racing for one spare, exactly one
-    renames it. At most ``limit`` spares per folder that no one took are
+    claims any spare of the folder, ours or another process's (or else one
+    of ours in another folder), by renaming it to a private name: of
+    processes racing for one spare, exactly one renames it. At most ``limit`` spares per folder that no one took are
     ours at a time; past that :meth:`retire` declines (the caller unlinks).
     """
 
     #: After a look into a folder found no spare (or all of ours untaken),
     #: the next look is this long after.
-    RELOOK_SECONDS = 0.1
+    RELOOK_SECONDS = 0.005
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -132,8 +132,11 @@ class SparePool:
                     candidate = spares.ours.pop()  # the newest: least likely taken by another
                 elif spares.found:
                     candidate = spares.found.pop()
-                else:
-                    return None
+                else:  # one of ours elsewhere: e.g. a worker acks tasks and publishes replies
+                    elsewhere = next((s.ours for s in self._folders.values() if s.ours), None)
+                    if elsewhere is None:
+                        return None
+                    candidate = elsewhere.pop()
             target = private or f"{folder}{os.sep}{unique_token()}"
             if rename_local(candidate, target):
                 return target
