@@ -582,7 +582,8 @@ class Broker:
                     # for another message (see ddmq.reuse): not ours.
                     log.warning("message %s of %s changed while it was read: lease lost", work_name, queue)
                     return None
-                problem = InvalidMessageError(f"it holds message {short_repr(msg.id)}, not the one its name says")
+                problem = InvalidMessageError(
+                    f"it holds message {short_repr(msg.id)}, not the one its name says")
                 break
             # ddmq 0.9 writes final names directly: give a slow writer a moment.
             time.sleep(0.02 * (attempt + 1))

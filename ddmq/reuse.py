@@ -50,8 +50,9 @@ class SparePool:
     :meth:`retire` renames a file to ``FOLDER/spare.TOKEN``; :meth:`take`
     claims any spare of the folder, ours or another process's (or else one
     of ours in another folder), by renaming it to a private name: of
-    processes racing for one spare, exactly one renames it. At most ``limit`` spares per folder that no one took are
-    ours at a time; past that :meth:`retire` declines (the caller unlinks).
+    processes racing for one spare, exactly one renames it. At most
+    ``limit`` spares per folder that no one took are ours at a time; past
+    that :meth:`retire` declines (the caller unlinks).
     """
 
     #: After a look into a folder found no spare (or all of ours untaken),

@@ -549,7 +549,8 @@ def check_task(secret: bytes, doc: Any, root: str | os.PathLike) -> tuple[str, s
     return _open_envelope(secret, "task", doc, None, spill_of)
 
 
-def load_task(payload: bytes) -> tuple[Callable[..., Any], list[tuple[Any, ...]], list[dict[str, Any]] | None]:
+def load_task(payload: bytes
+              ) -> tuple[Callable[..., Any], list[tuple[Any, ...]], list[dict[str, Any]] | None]:
     """Unpickle a *verified* task payload: (fn, arglists, kwargs or None)."""
     fn, arglists, kwargs = cloudpickle.loads(payload)
     return fn, arglists, kwargs
