@@ -72,9 +72,10 @@ ERROR_PAUSE_MAX = 30.0
 MAX_BATCH = 16
 #: Seconds a task may take on average for its worker to keep claiming batches.
 QUICK_TASK = 0.005
-#: A task of a batch whose calls ran longer than this (s) makes the worker
-#: give back the tasks of the batch it has not started, for other workers.
-SLOW_TASK = 0.05
+#: When the tasks of a batch not started yet would take longer than this
+#: (s) at the pace of the last one, the worker gives them back for other
+#: workers (a requeue each: worth it only for that much work).
+HOARD_SECONDS = 1.0
 
 
 class _Stop(Exception):
@@ -146,7 +147,7 @@ class Worker:
         self._stop_deadline = math.inf
         self._interruptible = False
         self._batch = 1  # task messages to claim at once (see MAX_BATCH)
-        self._last_run = 0.0  # seconds the calls of the last task took (see SLOW_TASK)
+        self._last_run = 0.0  # seconds the calls of the last task took (see HOARD_SECONDS)
         self._queued: list[Message] = []  # claimed messages of the batch not started yet
         self._pending: list[_Answer] = []  # tasks of the batch that ran, not answered yet
 
@@ -207,8 +208,8 @@ class Worker:
         results (one reply message per reply queue) and ack them.
 
         Messages not yet started are given back when the worker is asked to
-        stop, when a task turns out slow (so that other workers take them: a
-        batch is claimed only after quick tasks, see MAX_BATCH and SLOW_TASK),
+        stop, when they turn out slow (so that other workers take them: a
+        batch is claimed only after quick tasks, see MAX_BATCH and HOARD_SECONDS),
         or when the batch has taken a third of a lease (only the running
         task's lease is extended). The keeper sends the results gathered so
         far when a task of the batch turns out slow, so they do not wait for it."""
@@ -217,7 +218,7 @@ class Worker:
         self._last_run = 0.0
         for index, msg in enumerate(msgs):
             elapsed = time.monotonic() - started
-            if index and (self._stopping or self._last_run > SLOW_TASK
+            if index and (self._stopping or self._last_run * (len(msgs) - index) > HOARD_SECONDS
                           or elapsed > self._lease_of(msg) / 3):
                 with self._lock:
                     self._queued = []
