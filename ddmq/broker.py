@@ -549,7 +549,7 @@ class Broker:
         work_path = f"{folder}{os.sep}{WORK}{os.sep}{work_name}"
         if not protocol.move(f"{folder}{os.sep}{name}", work_path, retry):
             return None
-        msg = self._read_claimed(queue, folder, work_name, name.rpartition(".ddmq")[2], retry)
+        msg = self._read_claimed(queue, folder, work_name, _file_id(name), retry)
         if msg is None:
             return None
         msg.filename, msg.expiry = work_name, expiry
@@ -562,7 +562,7 @@ class Broker:
                 return None
         return msg
 
-    def _read_claimed(self, queue: str, folder: str, work_name: str, msg_id: str,
+    def _read_claimed(self, queue: str, folder: str, work_name: str, file_id: str | None,
                       retry: float) -> Message | None:
         work_path = f"{folder}{os.sep}{WORK}{os.sep}{work_name}"
         for attempt in range(3):
@@ -574,7 +574,7 @@ class Broker:
             except InvalidMessageError as err:
                 problem = err
             else:
-                if msg.id is None or str(msg.id) == msg_id:  # see _is_file_of
+                if _holds(msg, file_id):
                     msg.queue = queue  # the file's own "queue" field is not to be trusted
                     return msg
                 if not os.path.lexists(work_path):
@@ -935,7 +935,7 @@ class Broker:
         full = self._message_path(path)
         data = protocol.read(full, self._retry_timeout())
         msg = None if data is None else Message.from_json(data)
-        if msg is None or not _is_file_of(msg, os.path.basename(full)):  # gone, or reused since
+        if msg is None or not _holds(msg, _file_id(os.path.basename(full))):  # gone, or reused since
             raise MessageNotFoundError(f"no message file {full}")
         return msg
 
@@ -983,13 +983,19 @@ class Broker:
             self._spares.close()
 
 
-def _is_file_of(msg: Message, name: str) -> bool:
-    """Whether ``msg``, read from the file ``name``, is that file's message:
-    a file is reused for another message once acked (see ddmq.reuse),
-    so a reader that lost the race sees another id."""
+def _file_id(name: str) -> str | None:
+    """The message id that a waiting, work or dead-letter file name says; None
+    for a name that says none."""
     parsed = parse_work_name(name)
     _, mark, file_id = (parsed[1] if parsed else name).rpartition(".ddmq")
-    return msg.id is None or not mark or file_id == str(msg.id)
+    return file_id if mark else None
+
+
+def _holds(msg: Message, file_id: str | None) -> bool:
+    """Whether ``msg``, read from a file whose name says ``file_id``, is that
+    file's message: a file is reused for another message once acked (see
+    ddmq.reuse), so a reader that lost the race sees another id."""
+    return msg.id is None or file_id is None or str(msg.id) == file_id
 
 
 #: The original's name for the class: ``ddmq.broker(root)``.

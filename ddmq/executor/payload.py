@@ -65,6 +65,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import cloudpickle
 
 from .. import reuse
+from ..protocol import remove_quietly
 from ..errors import DdmqError, FilesystemError
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,7 @@ class _Sink:
             self._fd = os.open(temp, flags, 0o600)
         except OSError as err:
             log.debug("cannot write %s into %s (%s): sending it inline", name, self._spill, err)
+            remove_quietly(temp)  # a spare claimed under that name, if any
             self._spill = None
             return False
         self._name, self._temp = name, temp
@@ -300,7 +302,7 @@ class _Sink:
                 os.close(fd)
             os.rename(self._temp, os.path.join(self._spill, self._name))
         except BaseException:
-            _unlink(self._temp)
+            remove_quietly(self._temp)
             raise
         self._doc["file"] = self._name
         return self._doc
@@ -315,7 +317,7 @@ class _Sink:
             os.close(fd)
         except OSError:
             pass
-        _unlink(self._temp)
+        remove_quietly(self._temp)
         return True
 
 
@@ -439,7 +441,7 @@ def release(path: str) -> None:
     except OSError:
         keep = False
     if not keep or not _SPARES.retire(path, folder):
-        _unlink(path)
+        remove_quietly(path)
 
 
 def _take_spare(folder: str, private: str) -> bool:
@@ -656,10 +658,3 @@ def _pickling_error(text: str, err: BaseException) -> Exception:
 
 def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
