@@ -43,7 +43,8 @@ from .errors import (DdmqError, FilesystemError, InvalidMessageError, InvalidNam
 from .message import (DEAD_REASONS, MAX_NUMBER, MAX_TIMEOUT, Message, WaitingName,
                       next_queue_number, parse_dead_name, parse_waiting_name, parse_work_name,
                       short_repr)
-from .protocol import DEAD, REQUEUE_PREFIX, TMP, WORK
+from .clock import ServerClock, lease_expiry
+from .layout import DEAD, REQUEUE_PREFIX, TMP, WORK, claimer_tag, unique_token
 from .settings import DEFAULTS, SETTINGS_FILE, SettingsCache, write_file
 from .watch import FolderWatcher
 
@@ -188,7 +189,7 @@ class Broker:
                 raise RootUninitiatedError(f"root folder {self.root} is not initiated (no {SETTINGS_FILE})")
             self._write_root_settings(settings_path)
         self._settings = SettingsCache(self.root)
-        self.clock = protocol.ServerClock(self.root)
+        self.clock = ServerClock(self.root)
         self._lock = threading.Lock()
         self._folders: dict[str, str] = {}
         self._candidates: dict[str, _Candidates] = {}
@@ -401,8 +402,8 @@ class Broker:
         spare = None if self._spares is None else self._spares.take(tmp, settings["retry_timeout"])
         for attempt in range(3):
             try:
-                protocol.write_new_file(tmp, final, data, settings["fsync"], settings["retry_timeout"],
-                                        spare)
+                protocol.publish(folder, msg.filename, data, fsync=settings["fsync"],
+                                 retry_timeout=settings["retry_timeout"], spare=spare)
                 return
             except FileNotFoundError:
                 if attempt == 2:
@@ -544,8 +545,8 @@ class Broker:
         """
         timeout = self._lease_guess.get(queue) or settings["message_timeout"]
         retry = settings["retry_timeout"]
-        expiry = protocol.lease_expiry(self.clock.now(), timeout)
-        work_name = f"{expiry}.{name}.{protocol.claimer_tag()}{self._instance}"
+        expiry = lease_expiry(self.clock.now(), timeout)
+        work_name = f"{expiry}.{name}.{claimer_tag()}{self._instance}"
         work_path = f"{folder}{os.sep}{WORK}{os.sep}{work_name}"
         if not protocol.move(f"{folder}{os.sep}{name}", work_path, retry):
             return None
@@ -692,7 +693,7 @@ class Broker:
         settings = self._settings.effective(queue)
         if timeout is None:
             timeout = msg.timeout if msg.timeout is not None else settings["message_timeout"]
-        expiry = protocol.lease_expiry(self.clock.now(), timeout)
+        expiry = lease_expiry(self.clock.now(), timeout)
         new = f"{expiry}.{old.partition('.')[2]}"
         if new != old:
             if not protocol.move(os.path.join(folder, WORK, old), os.path.join(folder, WORK, new),
@@ -726,7 +727,7 @@ class Broker:
     def _take(self, folder: str, path: str, waiting: str, retry: float) -> str | None:
         """Protocol step 4a: rename a work (or abandoned) file to a private name."""
         private = os.path.join(folder, TMP, f"{REQUEUE_PREFIX}{int(self.clock.now())}."
-                               f"{protocol.unique_token()}.{waiting}")
+                               f"{unique_token()}.{waiting}")
         return private if self._move_into(path, private, retry) else None
 
     @staticmethod

@@ -1,80 +1,55 @@
-"""The filesystem protocol: every step that touches a queue's files, and why it is safe.
+"""The filesystem protocol: every transition of a message file, and why each is safe.
 
-A queue is a folder. Each step below is one atomic filesystem operation, so a
-process may die between any two steps and no message is lost; at worst one is
+A queue is a folder (file names: :mod:`ddmq.layout`). Each transition below
+is one atomic filesystem operation, or a sequence of them in which a process
+may die between any two steps and no message is lost; at worst one is
 delivered twice (at-least-once), never half-written and never to two
 consumers at once while its lease holds::
 
-    publisher                 <queue>/                      consumer
-    ---------                 --------                      --------
-    write tmp/TOKEN  --rename-->  PRIO.QNUM.ddmqID
+    publisher                 QUEUE/                        consumer
+    ---------                 ------                        --------
+    write tmp/TOKEN  --rename-->  PRIO.QNUM.ddmqID                       (publish)
                                        |
-                                       +--rename--> work/EXPIRY.PRIO.QNUM.ddmqID  (claim)
+                                       +--rename--> work/EXPIRY.PRIO.QNUM.ddmqID.CLAIMER  (claim)
                                                          |      |        |
-                      ack:  unlink  <--------------------+      |        |
-                      extend: rename to work/LATER.PRIO...  <---+        |
-                      requeue (nack, lease expiry):                      |
-                        rename to tmp/requeue.NOW.TOKEN.NAME  <----------+
-                        publish a copy (counter + 1), then unlink the private file
-                      poison: rename to dead/REASON.PRIO.QNUM.ddmqID
+                      ack:  unlink or retire to tmp/spare.TOKEN |        |   (retire)
+                      extend: rename to work/LATER.PRIO...  <---+        |   (extend)
+                      nack, lease expiry:                                |
+                        rename to tmp/requeue.NOW.TOKEN.PRIO.QNUM.ddmqID <-+ (take)
+                        publish a copy (counter + 1), then unlink it        (requeue)
+                      poison: rename to dead/REASON.PRIO.QNUM.ddmqID        (dead_letter)
 
-1. **Publish** writes the message to a temporary file with a unique name
-   (host, pid, random) in ``tmp/``, which no scanner reads, closes it
-   (optionally fsyncs it) and renames it into the queue. ``rename`` is atomic,
-   so readers see the whole file or nothing; a publisher killed before the
-   rename leaves only a temporary file, removed by housekeeping once old.
-2. **Claim** renames the waiting file into ``work/`` under its lease expiry.
-   Exactly one of several renamers wins; the others get ``ENOENT`` (or
-   ``ESTALE`` on NFS) and move on. The file is read only after the rename.
-3. **Ack** unlinks the work file. If it is gone the lease was lost (it
-   expired and was requeued): the caller is told. On a local filesystem it
-   is renamed to a *spare* in ``tmp/`` instead (as atomic; "gone" means the
-   same), which a publisher to the queue claims and rewrites rather than
-   create a file (see :mod:`ddmq.reuse`).
-4. **Requeue** first takes the work file by renaming it to a private name in
-   ``tmp/`` (so two housekeepers cannot both requeue it), then publishes the
-   copy through step 1, then unlinks the private file. A process killed in
-   between leaves the private file, which housekeeping requeues once stale.
-5. **Lease extension** renames the work file to a later expiry; failure means
-   the lease was lost.
-6. **Poison** (unparseable, past its requeue limit) is renamed into ``dead/``.
+This module is the only one in ddmq that renames, replaces or links files
+(``os.rename``, ``os.replace``, ``os.link``): every other module calls one
+of the transitions (:func:`publish`, :func:`claim`, :func:`extend`,
+:func:`take`, :func:`requeue`, :func:`dead_letter`, :func:`retire`) or
+:func:`atomic_write` / :func:`atomic_file` (settings, heartbeats, the
+secret, spill files), and retries through :func:`retrying`.
 
 Never used, because each fails on some network filesystem: ``flock``/``fcntl``
 locks, ``O_APPEND``, SQLite, or trusting one directory listing to be complete.
 Transient errors of network filesystems (``EIO``, ``ENOTCONN``, ``ETIMEDOUT``,
 ``ESTALE`` on a folder) are retried with back-off for a bounded time, then
 raised as :class:`~ddmq.errors.FilesystemError`.
-
-Lease expiry is judged by the file server's clock, which every node can read:
-:class:`ServerClock` learns its offset from the modification time the server
-stamps on a new file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
-import math
 import os
-import socket
 import stat as stat_module
-import threading
-import time
-import uuid
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import tenacity
 
 from .errors import FilesystemError
+from .layout import DEAD, TMP, WORK, DeadName, RequeueName, temporary_name, unique_token
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-WORK = "work"
-TMP = "tmp"
-DEAD = "dead"
-REQUEUE_PREFIX = "requeue."
 
 #: errno values a network filesystem returns for a moment and then recovers from.
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.ESTALE,
@@ -85,57 +60,12 @@ TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.
 #: errno values that mean "the file is not there (any more)": another process took it.
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE})
 
-_HOST = socket.gethostname().split(".")[0].replace("/", "_") or "host"
-_token_lock = threading.Lock()
-_token = ""
-_token_count = 0
-_claimer = ""
-
-
-def unique_token() -> str:
-    """A name part no other process on any node will produce: host.pid.random.count."""
-    global _token_count
-    with _token_lock:
-        if not _token:
-            _new_token()
-        _token_count += 1
-        return f"{_token}.{_token_count}"
-
-
-def claimer_tag() -> str:
-    """This process's tag for the work names of the messages it claims.
-
-    A claim must never rename onto a name that may exist: a node that still
-    has a claimed message's old name in its cache (NFS attribute cache, FUSE
-    entry timeout) would rename it onto the work file another node made, and
-    a rename of a file onto itself succeeds without asking the server.
-    With the claimer's tag in the work name the two names differ, so the
-    server is asked, and answers ENOENT."""
-    with _token_lock:
-        if not _token:
-            _new_token()
-        return _claimer
-
-
-def _new_token() -> None:
-    global _token, _token_count, _claimer
-    random = uuid.uuid4().hex
-    _token, _token_count = f"{_HOST}.{os.getpid()}.{random[:8]}", 0
-    _claimer = random[8:16]
-
-
-if hasattr(os, "register_at_fork"):  # a forked child must not reuse its parent's names
-    os.register_at_fork(after_in_child=_new_token)
-
-
-def is_transient(err: BaseException) -> bool:
-    return isinstance(err, OSError) and err.errno in TRANSIENT_ERRNOS
-
 
 def retrying(op: Callable[[], T], action: str, retry_timeout: float,
              transient: frozenset[int] = TRANSIENT_ERRNOS) -> T:
-    """Run ``op``; retry it while it fails with a transient error, for at most
-    ``retry_timeout`` seconds, then raise :class:`FilesystemError`.
+    """The one retry policy: run ``op``; retry it while it fails with a
+    transient error, for at most ``retry_timeout`` seconds, then raise
+    :class:`FilesystemError`.
 
     Other ``OSError`` s are raised at once as :class:`FilesystemError`, except
     ``FileNotFoundError``, which callers handle themselves.
@@ -165,153 +95,6 @@ def retrying(op: Callable[[], T], action: str, retry_timeout: float,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-# --- the steps -----------------------------------------------------------------
-
-def write_new_file(tmp_dir: str, final_path: str, data: bytes, fsync: bool,
-                   retry_timeout: float, spare: str | None = None) -> None:
-    """Step 1: make ``final_path`` appear with ``data``, all at once.
-
-    ``spare``: a file of this process alone (a spare it claimed, see
-    :mod:`ddmq.reuse`) to rewrite instead of creating a new one; it is used
-    up either way. Raises
-    FileNotFoundError if ``tmp_dir`` or the destination folder is missing,
-    FilesystemError for other failures (after retrying transient ones).
-    Leaves no temporary file behind when it fails.
-    """
-    if spare is not None and _rewrite(spare, final_path, data, fsync):
-        return
-    temp = ""
-
-    def write() -> None:
-        nonlocal temp
-        temp = f"{tmp_dir}{os.sep}{unique_token()}"  # a fresh name for every attempt
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            written = os.write(fd, data)
-            if written < len(data):
-                view = memoryview(data)[written:]
-                while view:
-                    view = view[os.write(fd, view):]
-            if fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            remove_quietly(temp)
-            raise
-        os.close(fd)
-
-    try:
-        write()
-    except FileNotFoundError:
-        raise
-    except OSError:
-        retrying(write, f"write a message file in {tmp_dir}", retry_timeout,
-                 TRANSIENT_ERRNOS - {errno.ESTALE})
-    try:
-        os.rename(temp, final_path)
-    except FileNotFoundError:
-        remove_quietly(temp)
-        raise
-    except OSError:
-        try:
-            retrying(lambda: os.rename(temp, final_path), f"publish {final_path}", retry_timeout)
-        except FileNotFoundError:
-            # The temporary file is ours alone and far younger than the age at which
-            # housekeeping removes stale ones (broker.TMP_MAX_AGE_SECONDS), so
-            # if it is gone while the destination folder is there, the failed try
-            # did the rename: the server did it and its answer was lost. Publishing
-            # again would put a second copy in the queue.
-            if not is_folder(os.path.dirname(final_path), retry_timeout):
-                remove_quietly(temp)
-                raise
-            log.warning("publish %s: the rename reported failed had been done: published once",
-                        final_path)
-        except BaseException:
-            remove_quietly(temp)
-            raise
-    except BaseException:
-        remove_quietly(temp)
-        raise
-    if fsync:
-        fsync_folder(os.path.dirname(final_path))
-
-
-def _rewrite(spare: str, final_path: str, data: bytes, fsync: bool) -> bool:
-    """Publish ``data`` by rewriting the spare file and renaming it to
-    ``final_path``. False if that cannot be done (the spare was removed by
-    housekeeping, or lies on another filesystem): the spare is then gone and
-    the caller publishes the usual way. Spares exist on local filesystems
-    only, where a failed rename did not happen."""
-    try:
-        fd = os.open(spare, os.O_WRONLY)
-        try:
-            view = memoryview(data)
-            written = 0
-            while written < len(view):
-                written += os.pwrite(fd, view[written:], written)
-            # Shrink within the file's last block rather than truncate to zero,
-            # which would free the block and allocate it again.
-            os.ftruncate(fd, len(view))
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(spare, final_path)
-    except OSError as err:
-        log.debug("cannot reuse %s (%s): writing a new file", spare, err)
-        remove_quietly(spare)
-        return False
-    if fsync:
-        fsync_folder(os.path.dirname(final_path))
-    return True
-
-
-def rename_local(src: str, dst: str) -> bool | None:
-    """Rename ``src`` to ``dst`` on a local filesystem, where a rename either
-    happened or did not: True if done; False if ``src`` was gone; None if it
-    cannot be done (``dst``'s folder is missing, as in a queue of ddmq 0.9,
-    which has no ``tmp/``; or another error). Steps 3 (retiring an acked file
-    as a spare) and 1 (claiming a spare to rewrite) where files are reused."""
-    try:
-        os.rename(src, dst)
-        return True
-    except FileNotFoundError:
-        return None if os.path.lexists(src) else False
-    except OSError:
-        return None
-
-
-def fsync_folder(path: str) -> None:
-    """Make a rename into ``path`` durable (no-op where folders cannot be fsynced)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def move(src: str, dst: str, retry_timeout: float) -> bool:
-    """Steps 2, 4 (take), 5 and 6: rename ``src`` to ``dst``.
-
-    True if this process moved it; False if ``src`` was gone (``ENOENT`` or
-    ``ESTALE``): another process took it first. After a retried rename, a
-    ``ENOENT`` may hide our own earlier success; the file then waits in
-    ``dst`` until its lease expires, so it is delayed, not lost.
-    """
-    try:
-        os.rename(src, dst)
-        return True
-    except OSError as err:
-        if err.errno in GONE_ERRNOS:
-            return False
-    return _slow(lambda: os.rename(src, dst), f"rename {src}", retry_timeout) is not _GONE
-
-
 _GONE = object()
 
 
@@ -328,8 +111,322 @@ def _slow(op: Callable[[], T], action: str, retry_timeout: float) -> T | object:
         raise
 
 
+# --- the transitions -------------------------------------------------------------
+
+def publish(queue_dir: str, waiting: str, data: bytes, *, fsync: bool, retry_timeout: float,
+            spare: str | None = None) -> None:
+    """Make ``QUEUE/WAITING`` appear with ``data``, all at once.
+
+    Safe because the data is written to a temporary file in ``tmp/`` (a
+    fresh :func:`~ddmq.layout.temporary_name` per attempt, which no scanner
+    reads), closed (fsynced if asked), and only then renamed into the queue:
+    ``rename`` is atomic, so consumers see the whole file or nothing. A
+    publisher killed before the rename leaves only a temporary file, which
+    housekeeping removes once old. A rename reported failed whose temporary
+    file is gone was done by the server (its answer was lost): it is not
+    done again, so the message is published once.
+
+    ``spare``: a file of this process alone (a spare it claimed, see
+    :mod:`ddmq.reuse`) to rewrite instead of creating one; used up either way.
+    Raises FileNotFoundError if ``tmp/`` or the queue folder is missing,
+    FilesystemError for other failures (after retrying transient ones).
+    Leaves no temporary file behind when it fails.
+    """
+    final = f"{queue_dir}{os.sep}{waiting}"
+    if spare is not None and _rewrite(spare, final, data, fsync):
+        return
+    tmp = f"{queue_dir}{os.sep}{TMP}"
+    temp = ""
+
+    def write() -> None:
+        nonlocal temp
+        temp = f"{tmp}{os.sep}{temporary_name()}"
+        _write_new(temp, data, 0o666, fsync)
+
+    try:
+        write()
+    except FileNotFoundError:
+        raise
+    except OSError:
+        retrying(write, f"write a message file in {tmp}", retry_timeout,
+                 TRANSIENT_ERRNOS - {errno.ESTALE})
+    try:
+        os.rename(temp, final)
+    except FileNotFoundError:
+        remove_quietly(temp)
+        raise
+    except OSError:
+        try:
+            retrying(lambda: os.rename(temp, final), f"publish {final}", retry_timeout)
+        except FileNotFoundError:
+            # The temporary file is ours alone and far younger than the age at which
+            # housekeeping removes stale ones, so if it is gone while the queue folder
+            # is there, the failed try did the rename and its answer was lost.
+            if not is_folder(queue_dir, retry_timeout):
+                remove_quietly(temp)
+                raise
+            log.warning("publish %s: the rename reported failed had been done: published once",
+                        final)
+        except BaseException:
+            remove_quietly(temp)
+            raise
+    except BaseException:
+        remove_quietly(temp)
+        raise
+    if fsync:
+        fsync_folder(queue_dir)
+
+
+def claim(queue_dir: str, waiting: str, work: str, retry_timeout: float) -> bool:
+    """Rename ``QUEUE/WAITING`` to ``QUEUE/work/WORK``: True if this process
+    now holds the message (and only then may read it).
+
+    Safe because exactly one of several renamers of one file wins; the
+    others get ``ENOENT`` (or ``ESTALE`` on NFS) and move on. The work name
+    carries the claimer's tag, so it differs from any other process's (see
+    :func:`~ddmq.layout.claimer_tag`). After a retried rename, an ``ENOENT``
+    may hide our own earlier success: the file then waits in ``work/`` until
+    its lease expires, so it is delayed, not lost.
+    """
+    return move(f"{queue_dir}{os.sep}{waiting}", f"{queue_dir}{os.sep}{WORK}{os.sep}{work}",
+                retry_timeout)
+
+
+def extend(queue_dir: str, old_work: str, new_work: str, retry_timeout: float) -> bool:
+    """Renew a lease: rename ``work/OLD`` to ``work/NEW`` (a later expiry).
+    False if the work file was gone: the lease was lost.
+
+    Safe because housekeeping takes an expired work file by renaming it
+    too: of the two renames exactly one succeeds, so a message is either
+    extended and still ours, or requeued and no longer ours, never both.
+    When the name does not change, the file is only looked at (never
+    ``os.path.exists``, which takes a server outage for "gone")."""
+    work = f"{queue_dir}{os.sep}{WORK}{os.sep}"
+    if new_work == old_work:
+        return lstat(work + old_work, retry_timeout) is not None
+    return move(work + old_work, work + new_work, retry_timeout)
+
+
+def take(queue_dir: str, path: str, waiting: str, now: float, retry_timeout: float) -> str | None:
+    """First step of a requeue or a dead-lettering: rename ``path`` (a work
+    file, or an abandoned requeue) to a private name in ``tmp/``
+    (:class:`~ddmq.layout.RequeueName`, stamped ``now``); that name, or None
+    if another process took it first.
+
+    Safe because only one process can rename a given file, so two
+    housekeepers (or a housekeeper and a nack) never both requeue one
+    message. A process killed after this step leaves the private file,
+    which housekeeping finishes once it is older than
+    ``REQUEUE_STALE_SECONDS`` (by ``now`` in its name). ``tmp/`` is created
+    if missing (queues made by ddmq 0.9 have none)."""
+    private = (f"{queue_dir}{os.sep}{TMP}{os.sep}"
+               f"{RequeueName(int(now), unique_token(), waiting).format()}")
+    return private if _move_creating_folder(path, private, retry_timeout) else None
+
+
+def requeue(queue_dir: str, private: str, waiting: str, data: bytes, *, fsync: bool,
+            retry_timeout: float, spare: str | None = None) -> None:
+    """Second and last steps of a requeue: publish ``data`` (the message
+    with its new counter, priority and number) as ``QUEUE/WAITING``, then
+    unlink the private file :func:`take` made.
+
+    Safe because the copy is complete in the queue before the private file
+    goes: a process killed in between leaves both, and housekeeping's later
+    requeue of the private file makes a second copy (at-least-once: the
+    message is delivered twice, never lost)."""
+    publish(queue_dir, waiting, data, fsync=fsync, retry_timeout=retry_timeout, spare=spare)
+    remove(private, retry_timeout)
+
+
+def dead_letter(queue_dir: str, path: str, reason: str, waiting: str, retry_timeout: float) -> bool:
+    """Move ``path`` (a work file or a private file of :func:`take`) to
+    ``dead/REASON.WAITING``, for a person to inspect; False if it was gone.
+
+    Safe as one rename: the message is in exactly one place, and never
+    silently deleted. ``dead/`` is created if missing (ddmq 0.9's queues)."""
+    target = f"{queue_dir}{os.sep}{DEAD}{os.sep}{DeadName(reason, waiting).format()}"
+    return _move_creating_folder(path, target, retry_timeout)
+
+
+def undead(queue_dir: str, dead: str, waiting: str, retry_timeout: float) -> bool:
+    """Put the dead letter ``dead/DEAD`` back in the queue as ``WAITING``;
+    False if it was gone. One rename, as safe as :func:`claim`."""
+    return move(f"{queue_dir}{os.sep}{DEAD}{os.sep}{dead}", f"{queue_dir}{os.sep}{waiting}",
+                retry_timeout)
+
+
+def retire(queue_dir: str, work: str, retry_timeout: float,
+           make_spare: Callable[[str, str], bool | None] | None = None) -> bool:
+    """The end of an acked message: unlink ``work/WORK``, or where files
+    are reused let ``make_spare(path, tmp_folder)`` rename it to a spare in
+    ``tmp/`` (see :mod:`ddmq.reuse`). False if the work file was gone: the
+    lease was lost (housekeeping took it when it expired).
+
+    Safe because unlinking and renaming away are both single operations that
+    fail for every process but one; a spare is claimed by one rename too, and
+    is used only on local filesystems, where a reader that raced with its
+    reuse finds another message id in it (see Broker)."""
+    path = f"{queue_dir}{os.sep}{WORK}{os.sep}{work}"
+    if make_spare is not None:
+        retired = make_spare(path, f"{queue_dir}{os.sep}{TMP}")
+        if retired is not None:
+            return retired
+    return remove(path, retry_timeout)
+
+
+def _move_creating_folder(path: str, target: str, retry_timeout: float) -> bool:
+    """:func:`move`, creating the target's folder if it is missing."""
+    if move(path, target, retry_timeout):
+        return True
+    folder = os.path.dirname(target)
+    if is_folder(folder, retry_timeout):
+        return False
+    make_folder(folder, retry_timeout)
+    return move(path, target, retry_timeout)
+
+
+def _rewrite(spare: str, final: str, data: bytes, fsync: bool) -> bool:
+    """Publish ``data`` by rewriting the spare file and renaming it to
+    ``final``. False if that cannot be done (the spare was removed by
+    housekeeping, or lies on another filesystem): the spare is then gone and
+    the caller publishes the usual way. Spares exist on local filesystems
+    only, where a failed rename did not happen."""
+    try:
+        fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            view = memoryview(data)
+            written = 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], written)
+            # Shrink within the file's last block rather than truncate to zero,
+            # which would free the block and allocate it again.
+            os.ftruncate(fd, len(view))
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(spare, final)
+    except OSError as err:
+        log.debug("cannot reuse %s (%s): writing a new file", spare, err)
+        remove_quietly(spare)
+        return False
+    if fsync:
+        fsync_folder(os.path.dirname(final))
+    return True
+
+
+# --- atomic writes of other files ------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_file(path: str, *, mode: int = 0o666, fsync: bool = False,
+                exclusive: bool = False) -> Iterator[int]:
+    """Write a file that appears at ``path`` whole or not at all.
+
+    Yields the descriptor of a new temporary file beside ``path``; when the
+    block ends without an exception, the file is closed (fsynced if asked)
+    and renamed over ``path`` (readers see the old or the new file, never a
+    mix); with ``exclusive``, hard-linked to ``path`` instead, so it appears
+    only if nothing is there yet: of many racing creators exactly one wins
+    (the others' files are dropped), and where the filesystem has no hard
+    links, ``path`` is created with ``O_EXCL`` and written in place.
+    The temporary file never outlives the block.
+    """
+    temp = f"{path}.tmp-{unique_token()}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        try:
+            yield fd
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not exclusive:
+            os.replace(temp, path)
+            return
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            with open(temp, "rb") as handle:
+                _write_in_place(path, handle.read(), mode, fsync)
+    finally:
+        remove_quietly(temp)
+
+
+def atomic_write(path: str, data: bytes, *, mode: int = 0o666, fsync: bool = False,
+                 exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path, mode=mode, fsync=fsync, exclusive=exclusive) as fd:
+        write_all(fd, data)
+
+
+def _write_in_place(path: str, data: bytes, mode: int, fsync: bool) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:
+        return
+    try:
+        write_all(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_new(path: str, data: bytes, mode: int, fsync: bool) -> None:
+    """Create ``path`` (which must not exist) with ``data``; removed again on failure."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        write_all(fd, data)
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        remove_quietly(path)
+        raise
+    os.close(fd)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """``os.write`` until all of ``data`` is written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# --- primitives ------------------------------------------------------------------
+
+def move(src: str, dst: str, retry_timeout: float) -> bool:
+    """Rename ``src`` to ``dst``: True if this process moved it; False if
+    ``src`` was gone (``ENOENT`` or ``ESTALE``): another process took it first."""
+    try:
+        os.rename(src, dst)
+        return True
+    except OSError as err:
+        if err.errno in GONE_ERRNOS:
+            return False
+    return _slow(lambda: os.rename(src, dst), f"rename {src}", retry_timeout) is not _GONE
+
+
+def rename_local(src: str, dst: str) -> bool | None:
+    """Rename ``src`` to ``dst`` on a local filesystem, where a rename either
+    happened or did not: True if done; False if ``src`` was gone; None if it
+    cannot be done (``dst``'s folder is missing, as in a queue of ddmq 0.9,
+    which has no ``tmp/``; or another error). The steps of :mod:`ddmq.reuse`."""
+    try:
+        os.rename(src, dst)
+        return True
+    except FileNotFoundError:
+        return None if os.path.lexists(src) else False
+    except OSError:
+        return None
+
+
 def remove(path: str, retry_timeout: float) -> bool:
-    """Step 3: unlink ``path``; False if it was already gone."""
+    """Unlink ``path``; False if it was already gone."""
     try:
         os.unlink(path)
         return True
@@ -339,12 +436,28 @@ def remove(path: str, retry_timeout: float) -> bool:
     return _slow(lambda: os.unlink(path), f"remove {path}", retry_timeout) is not _GONE
 
 
+def remove_quietly(path: str) -> None:
+    """Unlink ``path`` (a file of this process alone) if it is there; errors are ignored."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def remove_folder(path: str, retry_timeout: float) -> None:
+    """Remove the empty folder ``path`` if it is there."""
+    try:
+        retrying(lambda: os.rmdir(path), f"remove folder {path}", retry_timeout)
+    except FileNotFoundError:
+        pass
+
+
 def _read_all(path: str) -> bytes:
     # os.open/os.read rather than open(): a buffered file object costs an
     # fstat, an ioctl and two lseeks more per message.
     fd = os.open(path, os.O_RDONLY)
     try:
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             chunk = os.read(fd, 1 << 16)
             if not chunk:
@@ -373,14 +486,32 @@ def list_folder(path: str, retry_timeout: float) -> list[str]:
     return retrying(lambda: os.listdir(path), f"list {path}", retry_timeout)
 
 
+def list_if_there(path: str, retry_timeout: float) -> list[str]:
+    """:func:`list_folder`, or [] if the folder is missing."""
+    try:
+        return list_folder(path, retry_timeout)
+    except FileNotFoundError:
+        return []
+
+
 def stat(path: str, retry_timeout: float) -> os.stat_result | None:
     """``os.stat(path)``, or None if there is nothing at ``path``.
 
     Unlike ``os.path.exists``, an error that is not "missing" (a server outage,
     no permission) is never taken for "missing": it is retried if transient,
     else raised as FilesystemError."""
+    return _stat(os.stat, path, retry_timeout)
+
+
+def lstat(path: str, retry_timeout: float) -> os.stat_result | None:
+    """:func:`stat` of ``path`` itself (a symlink is not followed)."""
+    return _stat(os.lstat, path, retry_timeout)
+
+
+def _stat(fn: Callable[[str], os.stat_result], path: str,
+          retry_timeout: float) -> os.stat_result | None:
     try:
-        return retrying(lambda: os.stat(path), f"look at {path}", retry_timeout)
+        return retrying(lambda: fn(path), f"look at {path}", retry_timeout)
     except FileNotFoundError:
         return None
     except FilesystemError as err:
@@ -412,81 +543,15 @@ def make_folder(path: str, retry_timeout: float, mode: int = 0o777) -> None:
     retrying(mkdir, f"create folder {path}", retry_timeout)
 
 
-def remove_quietly(path: str) -> None:
-    """Unlink ``path`` (a file of this process alone) if it is there; errors are ignored."""
+def fsync_folder(path: str) -> None:
+    """Make a rename into ``path`` durable (no-op where folders cannot be fsynced)."""
     try:
-        os.unlink(path)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
     except OSError:
         pass
-
-
-# --- time ------------------------------------------------------------------------
-
-#: A clock probe slower than this bounds the offset too loosely to be used.
-MAX_PROBE_SECONDS = 0.5
-
-
-class ServerClock:
-    """The file server's clock, as seen from this process.
-
-    Nodes' clocks may differ by minutes; the file server stamps a newly created
-    file with its own time, a clock every node can read. Every
-    ``refresh_seconds`` the offset between the server and this process is
-    measured by creating a probe file in ``folder`` and reading its
-    modification time. If the probe cannot be written, the local clock is used.
-    """
-
-    def __init__(self, folder: str, refresh_seconds: float = 60.0):
-        self.folder = folder
-        self.refresh_seconds = refresh_seconds
-        self._offset = 0.0
-        self._next_refresh = 0.0
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        """Seconds since the epoch on the file server's clock (estimated)."""
-        mono = time.monotonic()
-        if mono >= self._next_refresh:
-            with self._lock:
-                if mono >= self._next_refresh:
-                    self._next_refresh = mono + self.refresh_seconds
-                    self._measure()
-        return time.time() + self._offset
-
-    @property
-    def offset(self) -> float:
-        """Server clock minus local clock, in seconds."""
-        return self._offset
-
-    def _measure(self) -> None:
-        probe = os.path.join(self.folder, f".clock.{unique_token()}")
-        try:
-            before = time.time()
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, b"t")
-                stamped = os.fstat(fd).st_mtime
-            finally:
-                os.close(fd)
-                remove_quietly(probe)
-            after = time.time()
-        except OSError as err:
-            log.debug("cannot probe the server clock in %s: %s", self.folder, err)
-            return
-        if after - before > MAX_PROBE_SECONDS:
-            # The stamp lies somewhere in [before, after]: too wide to trust.
-            # Keep the last offset and try again soon.
-            log.debug("clock probe took %.2f s; ignored", after - before)
-            self._next_refresh = time.monotonic() + 1.0
-            return
-        # The server's timestamp granularity (often a few ms) makes offsets
-        # below a second noise; leases are whole seconds anyway.
-        offset = stamped - (before + after) / 2
-        self._offset = offset if abs(offset) >= 1.0 else 0.0
-        if self._offset:
-            log.info("file server clock is %+.1f s from this node's", self._offset)
-
-
-def lease_expiry(now: float, timeout: float) -> int:
-    """The whole epoch second at which a lease of ``timeout`` s taken at ``now`` ends."""
-    return int(math.ceil(now + timeout))
+    finally:
+        os.close(fd)

@@ -7,7 +7,7 @@ minute or more, and on this project's test machines it cost 0.5-1 ms after a
 few thousand messages. So where the root is on a local filesystem (see
 :data:`REUSE_FILESYSTEMS`) a file that is done with becomes a *spare*,
 ``FOLDER/spare.TOKEN``, and the next write of a file in that folder claims a
-spare and rewrites it (see :func:`ddmq.protocol.write_new_file`):
+spare and rewrites it (see :func:`ddmq.protocol.publish`):
 
 - the queue: ``ack`` retires the work file into the queue's ``tmp/``, a
   publish to that queue claims one (:class:`ddmq.broker.Broker`);
@@ -30,7 +30,8 @@ import threading
 import time
 
 from .errors import FilesystemError
-from .protocol import list_folder, remove_quietly, rename_local, unique_token
+from .layout import SPARE_PREFIX, unique_token
+from .protocol import list_folder, remove_quietly, rename_local
 
 #: Filesystems whose files are reused: local ones. A reader that loses a race
 #: with a reuse (a consumer whose lease ran out while it read) finds another
@@ -38,8 +39,6 @@ from .protocol import list_folder, remove_quietly, rename_local, unique_token
 REUSE_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "tmpfs"})
 
 
-#: Name prefix of spares (see :class:`SparePool`).
-SPARE_PREFIX = "spare."
 
 
 class SparePool:
