@@ -1,4 +1,4 @@
-"""The message: its JSON form on disk and the names of its files.
+"""The message: its JSON form on disk.
 
 A message is one JSON object in one file, with the original ddmq's keys::
 
@@ -11,11 +11,7 @@ A message is one JSON object in one file, with the original ddmq's keys::
 when the publisher left them to the queue's settings, which are then read when
 they matter (at consume, nack or lease expiry).
 
-File names (all fields decimal integers but the id, a hex uuid)::
-
-    waiting     <queue>/PRIORITY.QUEUE_NUMBER.ddmqID
-    at work     <queue>/work/EXPIRY.PRIORITY.QUEUE_NUMBER.ddmqID
-    dead letter <queue>/dead/REASON.PRIORITY.QUEUE_NUMBER.ddmqID
+The names of its files are :mod:`ddmq.layout`'s.
 
 Messages are consumed in order of ``(priority, queue_number)`` compared as
 numbers. ``queue_number`` is the publisher's clock in nanoseconds, made
@@ -27,10 +23,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from .errors import InvalidMessageError
 
@@ -38,60 +33,11 @@ from .errors import InvalidMessageError
 FIELDS = ("message", "queue", "id", "priority", "queue_number", "filename", "requeue",
           "requeue_prio", "requeue_counter", "requeue_limit", "timeout")
 
-_DEAD = re.compile(r"^([a-z_]+)\.(\d+\.\d+\.ddmq[A-Za-z0-9]+)$")
-
 _WHOLE_NUMBERS = ("priority", "requeue_counter", "requeue_limit", "requeue_prio", "timeout")
 #: Largest value of a whole-number field (file names must fit NAME_MAX).
 MAX_NUMBER = 10**18 - 1
 #: Longest lease a message may ask for, in seconds (ten years).
 MAX_TIMEOUT = 10 * 365 * 24 * 3600
-
-#: Why a message was dead-lettered; the first field of its name in ``dead/``.
-DEAD_REASONS = ("unparseable", "requeue_limit", "expired", "rejected")
-
-
-class WaitingName(NamedTuple):
-    priority: int
-    queue_number: int
-    name: str
-
-
-def parse_waiting_name(name: str) -> WaitingName | None:
-    """``PRIO.QNUM.ddmqID`` -> its numbers, or None for any other name."""
-    parts = name.split(".")
-    if (len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and name.isascii()
-            and parts[2].startswith("ddmq") and parts[2][4:].isalnum()):
-        return WaitingName(int(parts[0]), int(parts[1]), name)
-    return None
-
-
-def parse_work_name(name: str) -> tuple[int, str] | None:
-    """``EXPIRY.PRIO.QNUM.ddmqID[.CLAIMER]`` -> (expiry, waiting name), or None.
-
-    ddmq appends its claimer's tag (letters and digits) so that no two
-    processes ever rename a message to the same work name; names written by
-    ddmq 0.9 have none."""
-    expiry, _, rest = name.partition(".")
-    if not (expiry.isascii() and expiry.isdigit()):
-        return None
-    if parse_waiting_name(rest) is not None:
-        return int(expiry), rest
-    waiting, _, claimer = rest.rpartition(".")
-    if claimer.isascii() and claimer.isalnum() and parse_waiting_name(waiting) is not None:
-        return int(expiry), waiting
-    return None
-
-
-def parse_dead_name(name: str) -> tuple[str, str] | None:
-    """``REASON.PRIO.QNUM.ddmqID`` -> (reason, waiting name), or None."""
-    match = _DEAD.match(name)
-    return (match.group(1), match.group(2)) if match else None
-
-
-def is_message_name(name: str) -> bool:
-    """True for the name of a waiting or at-work message file."""
-    return parse_waiting_name(name) is not None or parse_work_name(name) is not None
-
 
 _counter_lock = threading.Lock()
 _last_queue_number = 0

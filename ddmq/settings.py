@@ -19,18 +19,17 @@ import logging
 import os
 import threading
 import time
-import uuid
 from typing import Any
 
 import yaml
 
 from . import protocol
 from .errors import SettingsError
+from .layout import SETTINGS_FILE
 from .message import MAX_NUMBER, MAX_TIMEOUT
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FILE = "ddmq.yaml"
 RECHECK_SECONDS = 5.0
 _EMPTY: dict[str, Any] = {}
 
@@ -98,17 +97,7 @@ def write_file(path: str, values: dict[str, Any]) -> None:
     """Replace the settings file at ``path`` atomically with ``values``."""
     validate(values, path)
     text = yaml.safe_dump(values, default_flow_style=False) if values else "{}\n"
-    temp = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+    protocol.atomic_write(path, text.encode("utf-8"))
 
 
 class SettingsCache:

@@ -14,9 +14,10 @@ import pytest
 
 import ddmq
 from ddmq import protocol, reuse
+from ddmq.layout import WorkName
 from conftest import expire, mounted_tmpfs, run_as_unprivileged, tree
 
-broker_module = sys.modules["ddmq.broker"]  # ddmq.broker is also the name of the class
+from ddmq import housekeeping as housekeeping_module, root as root_module
 
 
 def drain(broker, queue="q"):
@@ -275,7 +276,7 @@ def test_abandoned_requeue_is_finished_by_housekeeping(b):
     """A housekeeper killed between taking a message and republishing it."""
     b.publish("q", "x")
     msg = b.consume("q")
-    waiting = msg.filename.partition(".")[2]
+    waiting = WorkName.parse(msg.filename).waiting
     old = int(b.clock.now()) - 1000
     private = os.path.join(b.root, "q", "tmp", f"requeue.{old}.deadhost.1.abc.1.{waiting}")
     os.rename(os.path.join(b.root, "q", "work", msg.filename), private)
@@ -483,7 +484,7 @@ def test_a_file_that_holds_another_message_is_not_delivered(b, monkeypatch):
 
 def test_a_consumer_leaves_a_bounded_number_of_spares(b, monkeypatch):
     monkeypatch.setattr(reuse.SparePool, "RELOOK_SECONDS", 0.0)
-    limit = broker_module.SPARES_MAX
+    limit = root_module.SPARES_MAX
     for i in range(limit + 10):
         b.publish("q", i)
     consumer = ddmq.broker(b.root)
@@ -504,7 +505,7 @@ def test_spares_nobody_rewrites_are_removed_by_housekeeping(b, monkeypatch):
     b.publish("q", "x")
     b.ack(b.consume("q"))
     assert len(spares(b)) == 1
-    monkeypatch.setattr(broker_module, "SPARE_MAX_AGE_SECONDS", -1)
+    monkeypatch.setattr(housekeeping_module, "SPARE_MAX_AGE_SECONDS", -1)
     b.clean("q", force=True)
     assert spares(b) == []
     b.publish("q", "y")  # its spare is gone: a new file
@@ -625,7 +626,7 @@ def test_polling_consumer_of_a_quiet_empty_queue_sees_new_messages(b):
     """An idle consumer looks at an unchanged empty queue with one stat
     instead of a listing; a message published by another process still
     reaches it at its next poll, well before the safety relisting."""
-    from ddmq.broker import IDLE_RELIST_SECONDS
+    from ddmq.listing import IDLE_RELIST_SECONDS
     folder = os.path.join(b.root, "q")
     os.utime(folder, (time.time() - 60, time.time() - 60))  # quiet for a minute
     consumer = subprocess.Popen([sys.executable, "-c", POLLING_CONSUMER, b.root,

@@ -22,7 +22,7 @@ import pytest
 import ddmq
 from conftest import expire
 from ddmq import reuse
-from ddmq.broker import SPARES_MAX
+from ddmq.root import SPARES_MAX
 from helpers_procs import (cleaner, consumer, die_at, extender, housekeeper, publisher,
                            read_log, relay)
 

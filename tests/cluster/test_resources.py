@@ -136,7 +136,7 @@ def test_full_filesystem_consume_ack_nack_and_clean(tmp_path, monkeypatch, capsy
             shutil.rmtree(ballast)
         else:
             os.unlink(ballast)
-        monkeypatch.setattr(sys.modules["ddmq.broker"], "REQUEUE_STALE_SECONDS", 0)
+        monkeypatch.setattr(sys.modules["ddmq.housekeeping"], "REQUEUE_STALE_SECONDS", 0)
         b.clean("q", force=True)
         got = []
         while (msg := b.consume("q")) is not None:

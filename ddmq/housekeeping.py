@@ -1,0 +1,131 @@
+"""Housekeeping: what no single process is responsible for, done by whichever client comes by.
+
+For one queue, housekeeping
+
+* requeues messages whose lease expired (or dead-letters them: past
+  ``requeue_limit``, or ``requeue`` false), judged by the file server's clock
+  against the expiry in the work file's name;
+* finishes requeues that a dead process took privately but did not finish
+  (``tmp/requeue.*`` older than :data:`REQUEUE_STALE_SECONDS`);
+* removes temporary files of dead publishers (older than
+  :data:`TMP_MAX_AGE_SECONDS`) and spares nobody took (older than
+  :data:`SPARE_MAX_AGE_SECONDS`).
+
+It runs inside publish/consume/ack/nack at most once per ``clean_interval``
+seconds per queue and client (:meth:`Housekeeper.maybe_clean`), and on
+``Broker.clean``. Every step is a protocol transition that only one process
+can win, so any number of clients may clean one queue at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from . import protocol
+from .delivery import Delivery
+from .errors import DdmqError, QueueNotFoundError
+from .layout import REQUEUE_PREFIX, TMP, WORK, RequeueName, WorkName, is_spare
+from .listing import quiet_signature
+from .root import Root
+
+log = logging.getLogger(__name__)
+
+#: A requeue taken privately but not finished after this many seconds is
+#: assumed abandoned (its process died) and is finished by housekeeping.
+REQUEUE_STALE_SECONDS = 60
+#: Temporary files of publishes older than this are remains of dead publishers.
+TMP_MAX_AGE_SECONDS = 3600
+#: Automatic housekeeping looks into tmp/ at most this often (what it seeks there
+#: is at least REQUEUE_STALE_SECONDS old).
+TMP_SCAN_SECONDS = 30.0
+#: Spares older than this (by their ctime, set when they were retired) are
+#: remains of dead processes or of a queue nobody publishes to: housekeeping removes them.
+SPARE_MAX_AGE_SECONDS = 60
+
+
+class Housekeeper:
+    """Housekeeping of the queues one broker uses."""
+
+    def __init__(self, root: Root, delivery: Delivery):
+        self.root = root
+        self.delivery = delivery
+        self._next_clean: dict[str, float] = {}
+        self._next_tmp_scan: dict[str, float] = {}
+        self._work_listing: dict[str, tuple[tuple[int, int] | None, list[str]]] = {}
+
+    def due(self, queue: str) -> bool:
+        """Whether this client's last cleaning of ``queue`` is ``clean_interval`` old."""
+        return time.monotonic() >= self._next_clean.get(queue, 0.0)
+
+    def maybe_clean(self, queue: str) -> None:
+        """Housekeeping as a side effect of publish, consume and ack: at most
+        once per ``clean_interval``; its errors are logged, not raised."""
+        if not self.due(queue):
+            return
+        try:
+            self.clean(queue, thorough=False)
+        except QueueNotFoundError:
+            pass
+        except DdmqError as err:
+            log.warning("housekeeping of %s failed: %s", queue, err)
+
+    def clean(self, queue: str, thorough: bool) -> None:
+        """One round of housekeeping of ``queue``. Unless ``thorough``, it
+        spares the file server: work/ is listed again only when it changed
+        (the names hold the expiries), tmp/ at most every TMP_SCAN_SECONDS."""
+        root = self.root
+        folder = root.queue_dir(queue)
+        settings = root.effective(queue)
+        now_mono = time.monotonic()
+        self._next_clean[queue] = now_mono + float(settings["clean_interval"])
+        retry = settings["retry_timeout"]
+        now = root.clock.now()
+        work = os.path.join(folder, WORK)
+        for name in self._work_names(queue, work, retry, thorough):
+            parsed = WorkName.parse(name)
+            if parsed is None or parsed.expiry >= now:
+                continue
+            private = self.delivery.take(queue, os.path.join(work, name), parsed.waiting)
+            if private is not None:
+                outcome = self.delivery.finish_requeue(queue, private, None, drop_when_not_requeued=False)
+                log.info("lease of %s in %s expired: %s", name, queue, outcome)
+        if not thorough and now_mono < self._next_tmp_scan.get(queue, 0.0):
+            return
+        self._next_tmp_scan[queue] = now_mono + TMP_SCAN_SECONDS
+        tmp = os.path.join(folder, TMP)
+        for name in protocol.list_if_there(tmp, retry):
+            path = os.path.join(tmp, name)
+            if name.startswith(REQUEUE_PREFIX):  # never removed as a temporary: it holds a message
+                requeue = RequeueName.parse(name)
+                if requeue is None or now - requeue.taken < REQUEUE_STALE_SECONDS:
+                    continue
+                private = self.delivery.take(queue, path, requeue.waiting)
+                if private is not None:
+                    log.warning("finishing a requeue abandoned by a dead process: %s", name)
+                    self.delivery.finish_requeue(queue, private, None, drop_when_not_requeued=False)
+                continue
+            st = protocol.lstat(path, retry)
+            if st is None:
+                continue
+            if is_spare(name):
+                # A spare keeps the mtime of its last message; retiring it (a rename) set its ctime.
+                if now - st.st_ctime > SPARE_MAX_AGE_SECONDS:
+                    log.debug("removing unused spare %s", name)
+                    protocol.remove(path, retry)
+            elif now - st.st_mtime > TMP_MAX_AGE_SECONDS:
+                log.info("removing temporary file of a dead publisher: %s", name)
+                protocol.remove(path, retry)
+
+    def _work_names(self, queue: str, work: str, retry: float, fresh: bool) -> list[str]:
+        """The names in ``work``, from the last listing if the folder has not
+        changed since (and ``fresh`` is false)."""
+        clock = self.root.clock
+        cached = self._work_listing.get(queue)
+        if not fresh and cached is not None and cached[0] is not None:
+            if quiet_signature(work, clock, retry) == cached[0]:
+                return cached[1]
+        names = protocol.list_if_there(work, retry)
+        self._work_listing[queue] = (quiet_signature(work, clock, retry), names)
+        return names
