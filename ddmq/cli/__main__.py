@@ -1,0 +1,5 @@
+"""``python -m ddmq.cli``: the same as ``ddmq`` and ``python -m ddmq``."""
+
+from ddmq.cli import main
+
+raise SystemExit(main())
