@@ -161,9 +161,13 @@ class Broker:
         log.debug("published %s to %s", msg.filename, queue)
         return msg
 
+    # The seed's contract: one Message (or None) for n == 1, else a list. The
+    # overloads overlap for an ``n`` typed int that is 1 at run time; pass n
+    # as a literal 1 (or leave it out) to be typed a Message.
     @overload
-    def consume(self, queue: str, n: Literal[1] = 1, path: str | None = None,
-                wait: float | None = 0.0, clean: bool = True) -> Message | None: ...
+    def consume(self, queue: str, n: Literal[1] = 1,  # type: ignore[overload-overlap]
+                path: str | None = None, wait: float | None = 0.0,
+                clean: bool = True) -> Message | None: ...
 
     @overload
     def consume(self, queue: str, n: int, path: str | None = None,
@@ -314,7 +318,8 @@ class Broker:
     def list_dead(self, queue: str) -> list[str]:
         """Names of the dead letters of ``queue`` (``REASON.PRIO.NUMBER.ddmqID``), sorted."""
         folder = self._root.require_queue(queue, create=False)
-        names = protocol.list_if_there(os.path.join(folder, DEAD), self._root.retry_timeout(queue))
+        names = protocol.list_if_there(os.path.join(folder, DEAD), self._root.retry_timeout(queue),
+                                       follow=False)
         return sorted(n for n in names if DeadName.parse(n))
 
     def requeue_dead(self, queue: str, names: Iterable[str] | None = None) -> list[str]:
@@ -362,15 +367,17 @@ class Broker:
         """(waiting file names, at-work file names) of ``queue``."""
         folder = self._root.require_queue(queue, create=False)
         retry = self._root.retry_timeout(queue)
-        waiting = [n for n in protocol.list_if_there(folder, retry) if WaitingName.parse(n)]
-        work = [n for n in protocol.list_if_there(os.path.join(folder, WORK), retry)
+        waiting = [n for n in protocol.list_if_there(folder, retry, follow=False)
+                   if WaitingName.parse(n)]
+        work = [n for n in protocol.list_if_there(os.path.join(folder, WORK), retry, follow=False)
                 if WorkName.parse(n)]
         return waiting, work
 
     def get_message(self, path: str) -> Message:
         """Read the message file at ``path`` (inside the root) without claiming it."""
         full = self._message_path(path)
-        data = protocol.read(full, self._root.retry_timeout())
+        data = protocol.read(full, self._root.retry_timeout(),
+                             self._root.effective()["max_message_bytes"])
         msg = None if data is None else Message.from_json(data)
         if msg is None or not holds(msg, message_id(full)):  # gone, or reused since
             raise MessageNotFoundError(f"no message file {full}")
@@ -382,9 +389,11 @@ class Broker:
             name = path.filename or ""
             sub = WORK if WorkName.parse(name) else ""
             path = os.path.join(self.root, queue, sub, name)
-        full = os.path.realpath(os.path.join(self.root, os.fspath(path)))
-        name = os.path.basename(full)
-        parent = os.path.dirname(full)
+        joined = os.path.join(self.root, os.fspath(path))
+        # The folders are resolved, the file itself never: a link is not followed.
+        parent = os.path.realpath(os.path.dirname(joined))
+        name = os.path.basename(joined)
+        full = os.path.join(parent, name)
         if parent.endswith(os.sep + WORK):
             parent = os.path.dirname(parent)
         ok_name = WaitingName.parse(name) or WorkName.parse(name)

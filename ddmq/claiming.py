@@ -7,8 +7,9 @@ of the last message claimed from the queue (messages of one queue mostly
 share it) and, when the file asks for another, corrects it with one more
 rename (:func:`ddmq.protocol.extend`).
 
-What a claim reads is checked: a file that is not a message is
-dead-lettered (``unparseable``); a file that holds another message than its
+What a claim reads is checked: a file that is not a message, or not a
+regular file (a symbolic link, FIFO, folder: never followed or opened), or
+larger than ``max_message_bytes``, is dead-lettered (``unparseable``); a file that holds another message than its
 name says was reused after our lease was lost (see :mod:`ddmq.reuse`) and
 is dropped as a lost lease.
 
@@ -27,7 +28,7 @@ from . import protocol
 from .backoff import wait_until
 from .clock import lease_expiry
 from .delivery import Delivery
-from .errors import InvalidMessageError, InvalidNameError
+from .errors import FilesystemError, InvalidMessageError, InvalidNameError, UnsafeFileError
 from .layout import WORK, WaitingName, WorkName, claimer_tag, message_id
 from .listing import Listings
 from .message import Message, short_repr
@@ -68,7 +69,15 @@ class Claimer:
             listed = listed or fresh_listing
             if name is None:
                 break
-            msg = self._claim_one(queue, folder, name, settings)
+            try:
+                msg = self._claim_one(queue, folder, name, settings)
+            except FilesystemError as err:
+                if not got:
+                    raise
+                # Keep what was claimed: the caller gets it; the file that
+                # failed is requeued (or dead-lettered) when its lease expires.
+                log.warning("claiming %s of %s failed: %s", name, queue, err)
+                break
             self.listings.outcome(queue, msg is not None)
             if msg is not None:
                 got.append(msg)
@@ -129,8 +138,14 @@ class Claimer:
                       retry: float) -> Message | None:
         work_name = work.format()
         work_path = f"{folder}{os.sep}{WORK}{os.sep}{work_name}"
+        limit = self.root.effective(queue)["max_message_bytes"]
+        problem: Exception
         for attempt in range(3):
-            data = protocol.read(work_path, retry)
+            try:
+                data = protocol.read(work_path, retry, limit)
+            except UnsafeFileError as err:  # never read, never followed: set aside at once
+                problem = err
+                break
             if data is None:
                 return None
             try:

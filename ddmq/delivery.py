@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from . import protocol
-from .errors import InvalidMessageError
+from .errors import InvalidMessageError, UnsafeFileError
 from .layout import TMP, RequeueName, WaitingName
 from .listing import Listings
 from .message import Message, next_queue_number
@@ -44,6 +44,10 @@ class Delivery:
         waiting = WaitingName(msg.priority, msg.queue_number, msg.id)
         msg.filename = name = waiting.format()
         data = msg.to_json().encode("utf-8")
+        limit = settings["max_message_bytes"]
+        if len(data) > limit:
+            raise InvalidMessageError(f"message is {len(data)} bytes, over the queue's "
+                                      f"max_message_bytes of {limit}")
         retry = settings["retry_timeout"]
         tmp = f"{folder}{os.sep}{TMP}"
         spares = self.root.spares
@@ -89,12 +93,12 @@ class Delivery:
         parsed = RequeueName.parse(os.path.basename(private))
         assert parsed is not None, private
         waiting = parsed.waiting
-        data = protocol.read(private, retry)
-        if data is None:
-            return "gone"
         try:
+            data = protocol.read(private, retry, settings["max_message_bytes"])
+            if data is None:
+                return "gone"
             msg = Message.from_json(data)
-        except InvalidMessageError as err:
+        except (InvalidMessageError, UnsafeFileError) as err:
             log.warning("dead-lettering unparseable message %s of %s: %s", waiting, queue, err)
             self.dead_letter(queue, private, "unparseable", waiting)
             return "unparseable"

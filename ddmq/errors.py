@@ -56,6 +56,14 @@ class LeaseLostError(DdmqError):
         self.missing = list(missing or [])
 
 
+class UnsafeFileError(DdmqError):
+    """A file in the root is not what its name says, and ddmq will not read
+    or write it: a symbolic link, a FIFO, a folder, a socket or device, a
+    file that cannot be read, a file over the size limit, or (for a file
+    ddmq would rewrite) one that is not this process's own. A message file
+    of this kind is dead-lettered as ``unparseable``, never followed."""
+
+
 class SettingsError(DdmqError):
     """A ``ddmq.yaml`` file cannot be parsed, or holds a value of the wrong type."""
 

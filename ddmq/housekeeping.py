@@ -19,13 +19,15 @@ can win, so any number of clients may clean one queue at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from typing import Iterator
 
 from . import protocol
 from .delivery import Delivery
-from .errors import DdmqError, QueueNotFoundError
+from .errors import DdmqError, FilesystemError, QueueNotFoundError
 from .layout import REQUEUE_PREFIX, TMP, WORK, RequeueName, WorkName, is_spare
 from .listing import quiet_signature
 from .root import Root
@@ -43,6 +45,17 @@ TMP_SCAN_SECONDS = 30.0
 #: Spares older than this (by their ctime, set when they were retired) are
 #: remains of dead processes or of a queue nobody publishes to: housekeeping removes them.
 SPARE_MAX_AGE_SECONDS = 60
+
+
+@contextlib.contextmanager
+def _one_file(queue: str, name: str, failures: list[FilesystemError]) -> Iterator[None]:
+    """A failure with one file is logged and kept, and the round goes on
+    with the others (a thorough round raises the first at its end)."""
+    try:
+        yield
+    except FilesystemError as err:
+        log.warning("housekeeping of %s: %s: %s", queue, name, err)
+        failures.append(err)
 
 
 class Housekeeper:
@@ -83,28 +96,41 @@ class Housekeeper:
         retry = settings["retry_timeout"]
         now = root.clock.now()
         work = os.path.join(folder, WORK)
+        failures: list[FilesystemError] = []
+        self._requeue_expired(queue, folder, work, now, retry, thorough, failures)
+        if thorough or now_mono >= self._next_tmp_scan.get(queue, 0.0):
+            self._next_tmp_scan[queue] = now_mono + TMP_SCAN_SECONDS
+            self._scan_tmp(queue, folder, now, retry, failures)
+        if failures and thorough:
+            raise failures[0]
+
+    def _requeue_expired(self, queue: str, folder: str, work: str, now: float, retry: float,
+                         thorough: bool, failures: list[FilesystemError]) -> None:
         for name in self._work_names(queue, work, retry, thorough):
             parsed = WorkName.parse(name)
             if parsed is None or parsed.expiry >= now:
                 continue
-            private = self.delivery.take(queue, os.path.join(work, name), parsed.waiting)
-            if private is not None:
-                outcome = self.delivery.finish_requeue(queue, private, None, drop_when_not_requeued=False)
-                log.info("lease of %s in %s expired: %s", name, queue, outcome)
-        if not thorough and now_mono < self._next_tmp_scan.get(queue, 0.0):
-            return
-        self._next_tmp_scan[queue] = now_mono + TMP_SCAN_SECONDS
+            with _one_file(queue, name, failures):
+                private = self.delivery.take(queue, os.path.join(work, name), parsed.waiting)
+                if private is not None:
+                    outcome = self.delivery.finish_requeue(queue, private, None,
+                                                           drop_when_not_requeued=False)
+                    log.info("lease of %s in %s expired: %s", name, queue, outcome)
+
+    def _scan_tmp(self, queue: str, folder: str, now: float, retry: float,
+                  failures: list[FilesystemError]) -> None:
         tmp = os.path.join(folder, TMP)
-        for name in protocol.list_if_there(tmp, retry):
+        for name in protocol.list_if_there(tmp, retry, follow=False):
             path = os.path.join(tmp, name)
             if name.startswith(REQUEUE_PREFIX):  # never removed as a temporary: it holds a message
                 requeue = RequeueName.parse(name)
                 if requeue is None or now - requeue.taken < REQUEUE_STALE_SECONDS:
                     continue
-                private = self.delivery.take(queue, path, requeue.waiting)
-                if private is not None:
-                    log.warning("finishing a requeue abandoned by a dead process: %s", name)
-                    self.delivery.finish_requeue(queue, private, None, drop_when_not_requeued=False)
+                with _one_file(queue, name, failures):
+                    private = self.delivery.take(queue, path, requeue.waiting)
+                    if private is not None:
+                        log.warning("finishing a requeue abandoned by a dead process: %s", name)
+                        self.delivery.finish_requeue(queue, private, None, drop_when_not_requeued=False)
                 continue
             st = protocol.lstat(path, retry)
             if st is None:
@@ -126,6 +152,6 @@ class Housekeeper:
         if not fresh and cached is not None and cached[0] is not None:
             if quiet_signature(work, clock, retry) == cached[0]:
                 return cached[1]
-        names = protocol.list_if_there(work, retry)
+        names = protocol.list_if_there(work, retry, follow=False)
         self._work_listing[queue] = (quiet_signature(work, clock, retry), names)
         return names

@@ -150,7 +150,7 @@ class RequeueName(NamedTuple):
         if not name.startswith(REQUEUE_PREFIX):
             return None
         parts = name.split(".")
-        if len(parts) < 6 or not parts[1].isdigit():
+        if len(parts) < 6 or not (parts[1].isascii() and parts[1].isdigit()):
             return None
         waiting = ".".join(parts[-3:])
         if WaitingName.parse(waiting) is None:

@@ -44,7 +44,7 @@ from typing import Callable, Iterator, TypeVar
 
 import tenacity
 
-from .errors import FilesystemError
+from .errors import FilesystemError, UnsafeFileError
 from .layout import DEAD, TMP, WORK, DeadName, RequeueName, temporary_name, unique_token
 
 log = logging.getLogger(__name__)
@@ -292,8 +292,10 @@ def _rewrite(spare: str, final: str, data: bytes, fsync: bool) -> bool:
     the caller publishes the usual way. Spares exist on local filesystems
     only, where a failed rename did not happen."""
     try:
-        fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW)
+        fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
+            if not is_own_file(os.fstat(fd)):
+                raise UnsafeFileError(f"{spare} is not a file of this process's own")
             view = memoryview(data)
             written = 0
             while written < len(view):
@@ -306,13 +308,21 @@ def _rewrite(spare: str, final: str, data: bytes, fsync: bool) -> bool:
         finally:
             os.close(fd)
         os.rename(spare, final)
-    except OSError as err:
+    except (OSError, UnsafeFileError) as err:
         log.debug("cannot reuse %s (%s): writing a new file", spare, err)
         remove_quietly(spare)
         return False
     if fsync:
         fsync_folder(os.path.dirname(final))
     return True
+
+
+def is_own_file(st: os.stat_result) -> bool:
+    """Whether a file (by its ``fstat``) may be rewritten in place: a regular
+    file of this user with no other name (a hard link to a file outside the
+    root, planted under a spare's name, must never be written through)."""
+    return (stat_module.S_ISREG(st.st_mode) and st.st_nlink == 1
+            and st.st_uid == os.geteuid())
 
 
 # --- atomic writes of other files ------------------------------------------------
@@ -452,44 +462,107 @@ def remove_folder(path: str, retry_timeout: float) -> None:
         pass
 
 
-def _read_all(path: str) -> bytes:
+#: Flags of every open for reading inside the root: never through a symbolic
+#: link (ELOOP), never blocking on a FIFO, never inherited by children.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_regular(path: str, limit: int | None = None) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading if it is a regular file (not a link, FIFO,
+    folder, socket or device) of at most ``limit`` bytes; (fd, its stat).
+    Raises UnsafeFileError if it is not, FileNotFoundError if missing, and
+    OSError for other failures of ``open``."""
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UnsafeFileError(f"{path} is a symbolic link: not followed") from None
+        if err.errno in (errno.EACCES, errno.EPERM, errno.ENXIO, errno.EOPNOTSUPP):
+            raise UnsafeFileError(f"{path} cannot be read: {err.strerror}") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat_module.S_ISREG(st.st_mode):
+            raise UnsafeFileError(f"{path} is not a regular file ({_kind(st.st_mode)})")
+        if limit is not None and st.st_size > limit:
+            raise UnsafeFileError(f"{path} is {st.st_size} bytes, over the limit of {limit}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat_module.S_ISDIR, "a folder"), (stat_module.S_ISFIFO, "a FIFO"),
+                       (stat_module.S_ISSOCK, "a socket"), (stat_module.S_ISCHR, "a device"),
+                       (stat_module.S_ISBLK, "a device"), (stat_module.S_ISLNK, "a link")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _read_all(path: str, limit: int | None) -> bytes:
     # os.open/os.read rather than open(): a buffered file object costs an
-    # fstat, an ioctl and two lseeks more per message.
-    fd = os.open(path, os.O_RDONLY)
+    # ioctl and two lseeks more per message.
+    fd, st = open_regular(path, limit)
     try:
         chunks: list[bytes] = []
+        size = 0
         while True:
-            chunk = os.read(fd, 1 << 16)
+            chunk = os.read(fd, max(st.st_size + 1 - size, 1 << 16))
             if not chunk:
                 return b"".join(chunks)
+            size += len(chunk)
+            if limit is not None and size > limit:  # it grew after the fstat
+                raise UnsafeFileError(f"{path} is over the limit of {limit} bytes")
             chunks.append(chunk)
     finally:
         os.close(fd)
 
 
-def read(path: str, retry_timeout: float) -> bytes | None:
-    """The bytes of a file this process owns (claimed or taken); None if gone."""
+def read(path: str, retry_timeout: float, limit: int | None = None) -> bytes | None:
+    """The bytes of a file this process owns (claimed or taken); None if gone.
+
+    Never follows a symbolic link and never opens anything but a regular
+    file of at most ``limit`` bytes: UnsafeFileError otherwise."""
     try:
-        return _read_all(path)
+        return _read_all(path, limit)
     except OSError as err:
         if err.errno in GONE_ERRNOS:
             return None
-    data = _slow(lambda: _read_all(path), f"read {path}", retry_timeout)
+    data = _slow(lambda: _read_all(path, limit), f"read {path}", retry_timeout)
     return None if data is _GONE else data  # type: ignore[return-value]
 
 
-def list_folder(path: str, retry_timeout: float) -> list[str]:
+def list_folder(path: str, retry_timeout: float, follow: bool = True) -> list[str]:
     """Names in a folder (a hint: on a network filesystem it may be stale).
 
-    Raises FileNotFoundError if the folder is missing.
-    """
-    return retrying(lambda: os.listdir(path), f"list {path}", retry_timeout)
+    With ``follow`` False, a symbolic link in place of the folder is not
+    listed through: UnsafeFileError. Raises FileNotFoundError if the folder
+    is missing."""
+    if follow:
+        return retrying(lambda: os.listdir(path), f"list {path}", retry_timeout)
+    return retrying(lambda: _list_nofollow(path), f"list {path}", retry_timeout)
 
 
-def list_if_there(path: str, retry_timeout: float) -> list[str]:
+def _list_nofollow(path: str) -> list[str]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeFileError(f"{path} is not a folder (a symbolic link or a file): "
+                                  "not listed") from None
+        raise
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
+
+
+def list_if_there(path: str, retry_timeout: float, follow: bool = True) -> list[str]:
     """:func:`list_folder`, or [] if the folder is missing."""
     try:
-        return list_folder(path, retry_timeout)
+        return list_folder(path, retry_timeout, follow)
     except FileNotFoundError:
         return []
 
@@ -520,25 +593,28 @@ def _stat(fn: Callable[[str], os.stat_result], path: str,
         raise
 
 
-def is_folder(path: str, retry_timeout: float) -> bool:
-    """True if ``path`` is a folder; see :func:`stat` for errors."""
-    st = stat(path, retry_timeout)
+def is_folder(path: str, retry_timeout: float, follow: bool = True) -> bool:
+    """True if ``path`` is a folder (with ``follow`` False: itself, not a
+    symbolic link to one); see :func:`stat` for errors."""
+    st = stat(path, retry_timeout) if follow else lstat(path, retry_timeout)
     return st is not None and stat_module.S_ISDIR(st.st_mode)
 
 
 def is_file(path: str, retry_timeout: float) -> bool:
-    """True if ``path`` is a regular file; see :func:`stat` for errors."""
-    st = stat(path, retry_timeout)
+    """True if ``path`` itself is a regular file (not a symbolic link to
+    one); see :func:`stat` for errors."""
+    st = lstat(path, retry_timeout)
     return st is not None and stat_module.S_ISREG(st.st_mode)
 
 
 def make_folder(path: str, retry_timeout: float, mode: int = 0o777) -> None:
-    """Create ``path`` if missing (another process creating it too is fine)."""
+    """Create ``path`` if missing (another process creating it too is fine).
+    Something else at ``path``, a symbolic link included, is an error."""
     def mkdir() -> None:
         try:
             os.mkdir(path, mode)
         except FileExistsError:
-            if not is_folder(path, retry_timeout):
+            if not is_folder(path, retry_timeout, follow=False):
                 raise
     retrying(mkdir, f"create folder {path}", retry_timeout)
 

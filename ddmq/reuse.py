@@ -29,7 +29,7 @@ import re
 import threading
 import time
 
-from .errors import FilesystemError
+from .errors import DdmqError
 from .layout import SPARE_PREFIX, unique_token
 from .protocol import list_folder, remove_quietly, rename_local
 
@@ -118,8 +118,8 @@ class SparePool:
                 spares.next_look = time.monotonic() + self.RELOOK_SECONDS
         if look:
             try:
-                names = list_folder(folder, retry_timeout)
-            except (OSError, FilesystemError):
+                names = list_folder(folder, retry_timeout, follow=False)
+            except (OSError, DdmqError):
                 names = []
             found = [f"{folder}{os.sep}{n}" for n in names if n.startswith(SPARE_PREFIX)]
             with self._lock:

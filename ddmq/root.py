@@ -131,8 +131,11 @@ class Root:
         """True if ``queue`` is a complete queue folder (``ddmq.yaml`` and ``work/``)."""
         folder = self.queue_dir(queue)
         retry = self.retry_timeout()
-        return (protocol.is_file(os.path.join(folder, SETTINGS_FILE), retry)
-                and protocol.is_folder(os.path.join(folder, WORK), retry))
+        # Folders and file themselves, never symbolic links: a link planted in
+        # the root must not make ddmq purge or delete what it points to.
+        return (protocol.is_folder(folder, retry, follow=False)
+                and protocol.is_file(os.path.join(folder, SETTINGS_FILE), retry)
+                and protocol.is_folder(os.path.join(folder, WORK), retry, follow=False))
 
     def require_queue(self, queue: str, create: bool | None = None) -> str:
         """The folder of ``queue``, which exists; created if missing and
@@ -170,10 +173,10 @@ class Root:
         Raises QueueNotFoundError if missing, FilesystemError if the folder
         holds files ddmq did not make (nothing of them is deleted)."""
         folder = self.queue_dir(queue)
-        if not protocol.is_folder(folder, self.retry_timeout()):
+        if not protocol.is_folder(folder, self.retry_timeout(), follow=False):
             raise self.missing(queue)
         timeout = self.retry_timeout(queue)
-        foreign = [n for n in protocol.list_if_there(folder, timeout)
+        foreign = [n for n in protocol.list_if_there(folder, timeout, follow=False)
                    if n not in _QUEUE_FILES and not WaitingName.parse(n)
                    and not n.startswith(SETTINGS_FILE + ".tmp-")]
         if foreign:
@@ -184,10 +187,13 @@ class Root:
             self.spares.forget(os.path.join(folder, TMP))
         for sub in (WORK, DEAD, TMP):
             path = os.path.join(folder, sub)
-            for name in protocol.list_if_there(path, timeout):
-                protocol.remove(os.path.join(path, name), timeout)
-            protocol.remove_folder(path, timeout)
-        for name in protocol.list_if_there(folder, timeout):
+            if protocol.is_folder(path, timeout, follow=False):
+                for name in protocol.list_if_there(path, timeout, follow=False):
+                    protocol.remove(os.path.join(path, name), timeout)  # unlink: never follows
+                protocol.remove_folder(path, timeout)
+            elif protocol.lstat(path, timeout) is not None:  # a link or a file: only the name goes
+                protocol.remove(path, timeout)
+        for name in protocol.list_if_there(folder, timeout, follow=False):
             protocol.remove(os.path.join(folder, name), timeout)
         protocol.remove_folder(folder, timeout)
         self.settings.forget(folder)

@@ -31,6 +31,8 @@ from .message import MAX_NUMBER, MAX_TIMEOUT
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 5.0
+#: A settings file larger than this is not read (it is not one).
+SETTINGS_MAX_BYTES = 1 << 20
 _EMPTY: dict[str, Any] = {}
 
 #: Every key ddmq understands, with its default. The first five are the
@@ -46,9 +48,10 @@ DEFAULTS: dict[str, Any] = {
     "clean_interval": 5,      # seconds between automatic housekeeping runs of one client on one queue
     "retry_timeout": 30,      # seconds transient filesystem errors (ESTALE, EIO, ENOTCONN) are retried
     "poll_max": 1.0,          # longest pause (s) between two looks at an empty queue while waiting
+    "max_message_bytes": 16 << 20,  # largest message file published or read; larger ones are dead-lettered
 }
 
-_INT_KEYS = ("message_timeout", "priority", "requeue_prio", "cleaned")
+_INT_KEYS = ("message_timeout", "priority", "requeue_prio", "cleaned", "max_message_bytes")
 _NUMBER_KEYS = ("clean_interval", "retry_timeout", "poll_max")
 _BOOL_KEYS = ("requeue", "fsync")
 
@@ -63,6 +66,7 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
         if key in _INT_KEYS:
             ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_NUMBER
             ok = ok and (key != "message_timeout" or 0 < value <= MAX_TIMEOUT)
+            ok = ok and (key != "max_message_bytes" or value > 0)
         elif key in _NUMBER_KEYS:
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
                   and 0 <= value <= MAX_TIMEOUT)  # also refuses NaN and infinity
@@ -136,7 +140,7 @@ class SettingsCache:
             if signature is None:
                 values = _EMPTY
                 break
-            data = protocol.read(path, retry)
+            data = protocol.read(path, retry, SETTINGS_MAX_BYTES)
             if data is not None:
                 try:
                     text = data.decode("utf-8")

@@ -463,7 +463,7 @@ def test_a_file_that_holds_another_message_is_not_delivered(b, monkeypatch):
     # file, which was then acked and rewritten for another message. Lease lost.
     moved = os.path.join(b.root, "q", "tmp", "spare.reused")
 
-    def reused_while_read(path, retry):
+    def reused_while_read(path, retry, limit=None):
         os.rename(path, moved)
         return other_bytes
 
