@@ -181,15 +181,15 @@ class Broker:
         Each message is leased to the caller until ``ack``/``nack`` or until
         its lease (``timeout``, else the queue's ``message_timeout``) expires.
         ``wait``: seconds to block until at least one message is available
-        (None: for ever; 0: return at once). ``path``: claim that message file.
-        Raises QueueNotFoundError, FilesystemError.
+        (None or infinity: for ever; 0: return at once). ``path``: claim that
+        message file. Raises ValueError for an ``n`` that is not a whole
+        number >= 1 or a ``wait`` that is negative or NaN (before anything
+        is claimed); QueueNotFoundError, FilesystemError.
         """
-        if not n:
-            n = 1
         if type(n) is not int or n < 1:
             raise ValueError(f"n must be a whole number >= 1, not {n!r}")
-        if wait is not None and wait < 0:
-            raise ValueError(f"wait must be >= 0 or None, not {wait!r}")
+        if wait is not None and not (isinstance(wait, (int, float)) and wait >= 0):  # NaN too
+            raise ValueError(f"wait must be a number of seconds >= 0, or None, not {wait!r}")
         folder = self._root.queue_dir(queue)
         if clean:
             self._housekeeper.maybe_clean(queue)
@@ -283,7 +283,14 @@ class Broker:
         """Renew the lease of a consumed message: it now ends ``timeout``
         seconds from now (default: its own timeout, else the queue's
         ``message_timeout``). Updates and returns ``msg``; raises
-        LeaseLostError if the lease was already lost."""
+        LeaseLostError if the lease was already lost, InvalidMessageError
+        (before anything changes) for a ``timeout`` that is not a number of
+        seconds from 1 to ``MAX_TIMEOUT`` (ten years)."""
+        if timeout is not None and not (isinstance(timeout, (int, float))
+                                        and not isinstance(timeout, bool)
+                                        and 1 <= timeout <= MAX_TIMEOUT):  # refuses NaN, inf
+            raise InvalidMessageError(f"a lease must be a number of seconds from 1 to "
+                                      f"{MAX_TIMEOUT}, not {short_repr(timeout)}")
         queue, (work,) = self._targets(msg, None)
         folder = self._root.queue_dir(queue)
         settings = self._root.effective(queue)

@@ -91,6 +91,8 @@ class Message:
             return json.dumps(self.to_dict())
         except (TypeError, ValueError) as err:
             raise InvalidMessageError(f"message text is not JSON-serialisable: {err}") from None
+        except RecursionError:
+            raise InvalidMessageError("message text is nested too deeply to be JSON") from None
 
     @classmethod
     def from_dict(cls, data: Any) -> Message:

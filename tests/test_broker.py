@@ -641,3 +641,41 @@ def test_polling_consumer_of_a_quiet_empty_queue_sees_new_messages(b):
         consumer.kill()
         consumer.wait()
     assert out[0] == "seen", out
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda b: b.consume("q", n=0), ValueError),
+    (lambda b: b.consume("q", n=-1), ValueError),
+    (lambda b: b.consume("q", wait=float("nan")), ValueError),
+    (lambda b: b.consume("q", wait=-1), ValueError),
+    (lambda b: b.publish("q", _nested(100_000)), ddmq.InvalidMessageError),
+])
+def test_bad_arguments_raise_documented_errors_before_anything_changes(b, call, error):
+    b.publish("q", "waiting")
+    before = tree(b.root)
+    with pytest.raises(error):
+        call(b)
+    assert tree(b.root) == before
+
+
+@pytest.mark.parametrize("lease", [0, -3600, float("inf"), float("nan"), True, "10"])
+def test_extend_lease_refuses_leases_that_mean_nothing(b, lease):
+    b.publish("q", "x")
+    msg = b.consume("q")
+    name = msg.filename
+    with pytest.raises(ddmq.InvalidMessageError, match="a lease must be"):
+        b.extend_lease(msg, lease)
+    assert msg.filename == name and b.get_message_list("q")[1] == [name]
+
+
+def test_consume_waits_for_ever_with_an_infinite_wait(b):
+    """wait=inf means what wait=None means; a message there returns at once."""
+    b.publish("q", "x")
+    assert b.consume("q", wait=float("inf")).message == "x"
+
+
+def _nested(depth):
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
