@@ -43,7 +43,7 @@ class Delivery:
         assert msg.priority is not None and msg.queue_number is not None and msg.id is not None
         waiting = WaitingName(msg.priority, msg.queue_number, msg.id)
         msg.filename = name = waiting.format()
-        data = msg.to_json().encode("utf-8")
+        data = msg.to_json(requeue_default=bool(settings["requeue"])).encode("utf-8")
         limit = settings["max_message_bytes"]
         if len(data) > limit:
             raise InvalidMessageError(f"message is {len(data)} bytes, over the queue's "

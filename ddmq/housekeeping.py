@@ -9,7 +9,8 @@ For one queue, housekeeping
   (``tmp/requeue.*`` older than :data:`REQUEUE_STALE_SECONDS`);
 * removes temporary files of dead publishers (older than
   :data:`TMP_MAX_AGE_SECONDS`) and spares nobody took (older than
-  :data:`SPARE_MAX_AGE_SECONDS`).
+  :data:`SPARE_MAX_AGE_SECONDS`), and ``tmp/`` and ``dead/`` when they are
+  empty (so that ddmq 0.9's ``delete_queue`` can remove an idle queue).
 
 It runs inside publish/consume/ack/nack at most once per ``clean_interval``
 seconds per queue and client (:meth:`Housekeeper.maybe_clean`), and on
@@ -28,7 +29,7 @@ from typing import Iterator
 from . import protocol
 from .delivery import Delivery
 from .errors import DdmqError, FilesystemError, QueueNotFoundError
-from .layout import REQUEUE_PREFIX, TMP, WORK, RequeueName, WorkName, is_spare
+from .layout import DEAD, REQUEUE_PREFIX, TMP, WORK, RequeueName, WorkName, is_spare
 from .listing import quiet_signature
 from .root import Root
 
@@ -42,6 +43,8 @@ TMP_MAX_AGE_SECONDS = 3600
 #: Automatic housekeeping looks into tmp/ at most this often (what it seeks there
 #: is at least REQUEUE_STALE_SECONDS old).
 TMP_SCAN_SECONDS = 30.0
+#: An empty tmp/ unchanged for this long is removed (the queue is idle).
+TMP_IDLE_SECONDS = 60
 #: Spares older than this (by their ctime, set when they were retired) are
 #: remains of dead processes or of a queue nobody publishes to: housekeeping removes them.
 SPARE_MAX_AGE_SECONDS = 60
@@ -120,7 +123,13 @@ class Housekeeper:
     def _scan_tmp(self, queue: str, folder: str, now: float, retry: float,
                   failures: list[FilesystemError]) -> None:
         tmp = os.path.join(folder, TMP)
-        for name in protocol.list_if_there(tmp, retry, follow=False):
+        names = protocol.list_if_there(tmp, retry, follow=False)
+        if not names:  # idle: made again by the next publish (see ddmq.layout)
+            st = protocol.lstat(tmp, retry)
+            if st is not None and now - st.st_mtime > TMP_IDLE_SECONDS:
+                protocol.remove_folder_if_empty(tmp)
+        protocol.remove_folder_if_empty(os.path.join(folder, DEAD))
+        for name in names:
             path = os.path.join(tmp, name)
             if name.startswith(REQUEUE_PREFIX):  # never removed as a temporary: it holds a message
                 requeue = RequeueName.parse(name)

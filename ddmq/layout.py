@@ -7,7 +7,7 @@ the CLI all go through the types below. A root looks like this::
     ROOT/ddmq.yaml                                    root settings
     ROOT/QUEUE/ddmq.yaml                              queue settings ({} when it follows the root)
     ROOT/QUEUE/PRIO.QNUM.ddmqID                       WaitingName: a message waiting
-    ROOT/QUEUE/work/EXPIRY.PRIO.QNUM.ddmqID[.CLAIMER] WorkName: claimed, leased until EXPIRY
+    ROOT/QUEUE/work/EXPIRY.PRIO.QNUM.ddmqID[ZCLAIMER] WorkName: claimed, leased until EXPIRY
     ROOT/QUEUE/dead/REASON.PRIO.QNUM.ddmqID           DeadName: a dead letter, for a person
     ROOT/QUEUE/tmp/requeue.TAKEN.TOKEN.PRIO.QNUM.ddmqID RequeueName: a requeue in progress
     ROOT/QUEUE/tmp/spare.TOKEN                        a spare, to be rewritten (see ddmq.reuse)
@@ -17,7 +17,10 @@ All numbers are decimal integers (PRIO the priority, QNUM the publisher's
 clock in ns, EXPIRY and TAKEN epoch seconds on the file server's clock) and
 are compared as numbers, never as text. ID is the message id (hex). TOKEN is
 :func:`unique_token`; CLAIMER is :func:`claimer_tag`. Names written by ddmq
-0.9 (no CLAIMER, no ``tmp/`` or ``dead/``) parse the same way.
+0.9 (no CLAIMER, no ``tmp/`` or ``dead/``, a QNUM of 15-17 digits: see
+:func:`queue_time_ns`) parse the same way. ``tmp/`` and ``dead/`` are made
+when first needed and removed by housekeeping when empty, so that ddmq 0.9's
+``delete_queue``, which removes only what it knows, can remove an idle queue.
 """
 
 from __future__ import annotations
@@ -34,13 +37,13 @@ from .errors import InvalidNameError
 WORK = "work"
 TMP = "tmp"
 DEAD = "dead"
-QUEUE_FOLDERS = (TMP, WORK, DEAD)
 #: The settings file of the root and of each queue (see ddmq.settings).
 SETTINGS_FILE = "ddmq.yaml"
 
 REQUEUE_PREFIX = "requeue."
+#: Between a work name's message id and its claimer's tag (see WorkName).
+CLAIMER_MARK = "Z"
 SPARE_PREFIX = "spare."
-ID_MARK = ".ddmq"
 
 #: Longest queue name: its folder and the names of its files must fit NAME_MAX (255).
 MAX_QUEUE_NAME = 128
@@ -64,7 +67,9 @@ def check_queue_name(queue: Any) -> str:
 
 
 class WaitingName(NamedTuple):
-    """``PRIO.QNUM.ddmqID``: a message waiting in its queue folder."""
+    """``PRIO.QNUM.ddmqID``: a message waiting in its queue folder. ID is
+    letters and digits without ``Z`` (ddmq's and ddmq 0.9's are lower-case
+    hex), which marks the claimer's tag in a work name."""
 
     priority: int
     queue_number: int
@@ -78,24 +83,44 @@ class WaitingName(NamedTuple):
         """The fields of a waiting name, or None for any other name."""
         parts = name.split(".")
         if (len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and name.isascii()
-                and parts[2].startswith("ddmq") and parts[2][4:].isalnum()):
+                and parts[2].startswith("ddmq") and parts[2][4:].isalnum()
+                and CLAIMER_MARK not in parts[2]):
             return WaitingName(int(parts[0]), int(parts[1]), parts[2][4:])
         return None
 
 
+def queue_time_ns(queue_number: int) -> int:
+    """The time of publishing that a queue number says, in ns since the epoch.
+
+    ddmq 1.x writes the publisher's clock in ns (19 digits); ddmq 0.9 wrote
+    ``str(time.time())`` without its dot (15-17 digits, 10 of them before
+    the dot). Compared by this, the messages of both keep FIFO order within a
+    priority, whichever wrote them."""
+    if queue_number >= 10**18:
+        return queue_number
+    digits = str(queue_number)
+    if len(digits) <= 10:
+        return queue_number * 10**9
+    return int(digits[:10]) * 10**9 + int(digits[10:19].ljust(9, "0"))
+
+
 class WorkName(NamedTuple):
-    """``EXPIRY.WAITING[.CLAIMER]``: a claimed message, leased until EXPIRY.
+    """``EXPIRY.WAITING[ZCLAIMER]``: a claimed message, leased until EXPIRY.
 
     ddmq appends its claimer's tag so that no two processes ever rename a
-    message to the same work name (see :func:`claimer_tag`); names written
-    by ddmq 0.9 have none (``claimer`` is then empty)."""
+    message to the same work name (see :func:`claimer_tag`), right after
+    the id behind the letter ``Z`` (ids are lower-case hex): the name stays
+    one that ddmq 0.9's ``delete_message`` accepts (``...ddmq[a-zA-Z0-9]+``).
+    Names written by ddmq 0.9 have no tag (``claimer`` empty); ddmq 1.0 wrote
+    it behind a dot (``mark`` ".")."""
 
     expiry: int
     waiting: str
     claimer: str = ""
+    mark: str = "Z"
 
     def format(self) -> str:
-        tail = f".{self.claimer}" if self.claimer else ""
+        tail = f"{self.mark}{self.claimer}" if self.claimer else ""
         return f"{self.expiry}.{self.waiting}{tail}"
 
     def with_expiry(self, expiry: int) -> WorkName:
@@ -104,14 +129,17 @@ class WorkName(NamedTuple):
     @staticmethod
     def parse(name: str) -> WorkName | None:
         """The fields of a work name, or None for any other name."""
-        expiry, _, rest = name.partition(".")
-        if not (expiry.isascii() and expiry.isdigit()):
+        expiry_text, _, rest = name.partition(".")
+        if not (expiry_text.isascii() and expiry_text.isdigit()):
             return None
+        expiry = int(expiry_text)
+        for mark in (CLAIMER_MARK, "."):
+            waiting, found, claimer = rest.rpartition(mark)
+            if (found and claimer.isascii() and claimer.isalnum()
+                    and WaitingName.parse(waiting) is not None):
+                return WorkName(expiry, waiting, claimer, mark)
         if WaitingName.parse(rest) is not None:
-            return WorkName(int(expiry), rest)
-        waiting, _, claimer = rest.rpartition(".")
-        if claimer.isascii() and claimer.isalnum() and WaitingName.parse(waiting) is not None:
-            return WorkName(int(expiry), waiting, claimer)
+            return WorkName(expiry, rest)
         return None
 
 
@@ -159,12 +187,12 @@ class RequeueName(NamedTuple):
 
 
 def message_id(name: str) -> str | None:
-    """The message id a waiting, work or dead-letter name (or a path ending
-    in one) says; None for a name that says none."""
+    """The message id a waiting, work, dead-letter or requeue name (or a
+    path ending in one) says; None for any other name."""
     name = name.rpartition(os.sep)[2]
-    work = WorkName.parse(name)
-    _, mark, found = (work.waiting if work else name).rpartition(ID_MARK)
-    return found if mark else None
+    parsed = WorkName.parse(name) or DeadName.parse(name) or RequeueName.parse(name)
+    waiting = WaitingName.parse(parsed.waiting if parsed else name)
+    return waiting.id if waiting else None
 
 
 def spare_name() -> str:

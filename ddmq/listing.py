@@ -30,7 +30,7 @@ from typing import Any
 
 from . import protocol
 from .clock import ServerClock
-from .layout import WaitingName
+from .layout import WaitingName, queue_time_ns
 
 #: After this many lost races in a row, the cached listing is stale: list again.
 RELIST_AFTER_LOST = 32
@@ -61,7 +61,8 @@ class _Candidates:
     __slots__ = ("entries", "listed_at", "relist_after", "streak", "lost_in_row", "empty_signature")
 
     def __init__(self) -> None:
-        self.entries: list[tuple[int, int, str]] = []  # (-priority, -queue_number, name)
+        # (-priority, -publish time in ns, name): see layout.queue_time_ns
+        self.entries: list[tuple[int, int, str]] = []
         self.listed_at = -1e18
         self.relist_after = 0.5
         self.streak = 0.0
@@ -116,7 +117,7 @@ class Listings:
         for name in names:
             parsed = WaitingName.parse(name)
             if parsed is not None:
-                entries.append((-parsed.priority, -parsed.queue_number, name))
+                entries.append((-parsed.priority, -queue_time_ns(parsed.queue_number), name))
         entries.sort()
         took = time.monotonic() - started
         # Taken after the listing: a name added in between makes the folder
@@ -150,7 +151,8 @@ class Listings:
         with self._lock:
             cands = self._queues.get(queue)
             if cands is not None and cands.entries:
-                bisect.insort(cands.entries, (-waiting.priority, -waiting.queue_number, name))
+                bisect.insort(cands.entries,
+                              (-waiting.priority, -queue_time_ns(waiting.queue_number), name))
 
     def forget(self, queue: str) -> None:
         """Drop the listing of ``queue`` (it changed behind our back)."""

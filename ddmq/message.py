@@ -85,10 +85,25 @@ class Message:
         """The message's JSON keys and values."""
         return {field: getattr(self, field) for field in FIELDS}
 
-    def to_json(self) -> str:
-        """The text of the message's file."""
+    def to_json(self, requeue_default: bool | None = None) -> str:
+        """The text of the message's file.
+
+        With ``requeue_default`` (the queue's ``requeue`` setting now), the
+        file says what ddmq 0.9 acts on: ``requeue`` true or false, never
+        null (0.9 deletes a message whose ``requeue`` is null when its lease
+        expires), and a custom requeue priority as the integer in
+        ``requeue`` (the only form 0.9 honours; priority 0 stays ``true``,
+        0.9's own default). What the publisher asked for is kept for ddmq 1.x
+        readers: ``requeue_prio``, and ``requeue_given`` (null: "the queue's
+        setting when it matters") when it differs from ``requeue``."""
+        data = self.to_dict()
+        if requeue_default is not None:
+            requeue = self.requeue if self.requeue is not None else requeue_default
+            data["requeue"] = self.requeue_prio if requeue and self.requeue_prio else requeue
+            if self.requeue is None:
+                data["requeue_given"] = None
         try:
-            return json.dumps(self.to_dict())
+            return json.dumps(data)
         except (TypeError, ValueError) as err:
             raise InvalidMessageError(f"message text is not JSON-serialisable: {err}") from None
         except RecursionError:
@@ -100,6 +115,7 @@ class Message:
 
         Files written by ddmq 0.9 store a custom requeue priority as an integer
         in ``requeue``; it is read as ``requeue=True`` with that ``requeue_prio``.
+        ``requeue_given``, where present, is what the publisher asked for.
         """
         if not isinstance(data, dict):
             raise InvalidMessageError(f"a message file holds a JSON object, not {type(data).__name__}")
@@ -107,6 +123,8 @@ class Message:
         requeue, requeue_prio = get("requeue"), get("requeue_prio")
         if type(requeue) is int:
             requeue, requeue_prio = True, requeue
+        if "requeue_given" in data:  # what the publisher asked for (see to_json)
+            requeue = get("requeue_given")
         counter = get("requeue_counter")
         msg = cls(queue=get("queue"), message=get("message"), timeout=get("timeout"), id=get("id"),
                   priority=get("priority"), queue_number=get("queue_number"),

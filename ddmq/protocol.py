@@ -279,8 +279,8 @@ def _move_creating_folder(path: str, target: str, retry_timeout: float) -> bool:
     if move(path, target, retry_timeout):
         return True
     folder = os.path.dirname(target)
-    if is_folder(folder, retry_timeout):
-        return False
+    if is_folder(folder, retry_timeout) or lstat(path, retry_timeout) is None:
+        return False  # the file was gone (another process took it)
     make_folder(folder, retry_timeout)
     return move(path, target, retry_timeout)
 
@@ -499,6 +499,18 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a file"
+
+
+def remove_folder_if_empty(path: str) -> bool:
+    """Remove the folder ``path`` if it is empty; True if removed. Never
+    raises: a folder that is not empty (or gone, or not ours) stays as it is.
+    Safe while others write into it: ``rmdir`` fails on a folder with a file,
+    and a writer that finds the folder gone creates it again."""
+    try:
+        os.rmdir(path)
+        return True
+    except OSError:
+        return False
 
 
 def _read_all(path: str, limit: int | None) -> bytes:

@@ -147,13 +147,14 @@ class SparePool:
         with self._lock:
             self._folders.pop(folder, None)
 
-    def close(self) -> None:
-        """Remove our spares that no one took."""
+    def close(self) -> list[str]:
+        """Remove our spares that no one took; the folders we had spares in."""
         with self._lock:
             folders, self._folders = self._folders, {}
         for spares in folders.values():
             for spare in spares.ours:
                 remove_quietly(spare)  # gone already if someone took it
+        return list(folders)
 
 
 class _FolderSpares:

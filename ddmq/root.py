@@ -22,8 +22,7 @@ from typing import Any
 from . import protocol, reuse
 from .clock import ServerClock
 from .errors import FilesystemError, InvalidNameError, QueueNotFoundError, RootMissingError, RootUninitiatedError
-from .layout import (DEAD, QUEUE_FOLDERS, SETTINGS_FILE, TMP, WORK, WaitingName,
-                     check_queue_name)
+from .layout import DEAD, SETTINGS_FILE, TMP, WORK, WaitingName, check_queue_name
 from .settings import DEFAULTS, SettingsCache, write_file
 from .watch import FolderWatcher
 
@@ -157,8 +156,9 @@ class Root:
         folder = self.queue_dir(queue)
         timeout = self.retry_timeout()
         protocol.make_folder(folder, timeout)
-        for sub in QUEUE_FOLDERS:  # ddmq.yaml last: it marks the queue complete
-            protocol.make_folder(os.path.join(folder, sub), timeout)
+        # work/ and then ddmq.yaml, which marks the queue complete. tmp/ and
+        # dead/ are made when first needed (see ddmq.layout).
+        protocol.make_folder(os.path.join(folder, WORK), timeout)
         path = os.path.join(folder, SETTINGS_FILE)
         if not protocol.is_file(path, timeout):
             try:
@@ -211,7 +211,9 @@ class Root:
         return queues
 
     def close(self) -> None:
-        """Release the folder watches and remove the files kept for reuse."""
+        """Release the folder watches, remove the files kept for reuse, and
+        the ``tmp/`` folders they leave empty (see ddmq.layout)."""
         self.watcher.close()
         if self.spares is not None:
-            self.spares.close()
+            for folder in self.spares.close():
+                protocol.remove_folder_if_empty(folder)

@@ -278,17 +278,19 @@ def test_abandoned_requeue_is_finished_by_housekeeping(b):
     msg = b.consume("q")
     waiting = WorkName.parse(msg.filename).waiting
     old = int(b.clock.now()) - 1000
+    os.makedirs(os.path.join(b.root, "q", "tmp"), exist_ok=True)
     private = os.path.join(b.root, "q", "tmp", f"requeue.{old}.deadhost.1.abc.1.{waiting}")
     os.rename(os.path.join(b.root, "q", "work", msg.filename), private)
     assert b.consume("q") is None
     b.clean("q", force=True)
     assert drain(b) == ["x"]
     b.close()  # takes its spares along
-    assert os.listdir(os.path.join(b.root, "q", "tmp")) == []
+    assert tmp_names(b) == []
 
 
 def test_stale_temp_files_of_dead_publishers_are_removed(b):
     tmp = os.path.join(b.root, "q", "tmp")
+    os.makedirs(tmp, exist_ok=True)  # made by the first publish
     partial = os.path.join(tmp, "host.1.abc.1")
     with open(partial, "w") as handle:
         handle.write('{"message": "half')
@@ -420,13 +422,20 @@ def test_a_publish_whose_rename_answer_was_lost_is_not_published_twice(b, monkey
     monkeypatch.undo()
     assert taken[0] is not None and taken[0].message == "once" and taken[0].id == msg.id
     assert b.get_message_list("q") == ([], [taken[0].filename])  # no second copy waiting
-    assert os.listdir(os.path.join(b.root, "q", "tmp")) == []
+    assert tmp_names(b) == []
     other.ack(taken[0])
     assert drain(b) == []
 
 
 def spares(broker, queue="q"):
-    return sorted(n for n in os.listdir(os.path.join(broker.root, queue, "tmp")) if n.startswith("spare."))
+    return sorted(n for n in tmp_names(broker, queue) if n.startswith("spare."))
+
+
+def tmp_names(broker, queue="q"):
+    """What the queue's tmp/ holds ([] when it is not there: it is made by
+    the first publish, and close() removes it when it leaves it empty)."""
+    tmp = os.path.join(broker.root, queue, "tmp")
+    return os.listdir(tmp) if os.path.isdir(tmp) else []
 
 
 def inode(broker, queue, name, sub=""):
@@ -451,7 +460,7 @@ def test_acked_files_are_rewritten_by_later_publishes_on_a_local_filesystem(b, m
     assert drain(b) == [{"text": "a longer message " * 20}, "d"]  # whole, and nothing of before
     consumer.close()  # what a broker leaves of its own goes with it
     b.close()
-    assert spares(b) == [] and os.listdir(os.path.join(b.root, "q", "tmp")) == []
+    assert spares(b) == [] and tmp_names(b) == []
 
 
 def test_a_file_that_holds_another_message_is_not_delivered(b, monkeypatch):
@@ -530,6 +539,7 @@ def test_acked_files_are_unlinked_on_a_network_filesystem_or_a_queue_without_tmp
 
 def test_folder_without_permission_gives_filesystem_error(b):
     tmp = os.path.join(b.root, "q", "tmp")
+    os.makedirs(tmp, exist_ok=True)  # made by the first publish
     os.chmod(tmp, 0o555)
     try:
         out = run_as_unprivileged(
@@ -576,7 +586,7 @@ def test_full_filesystem_gives_clear_error_and_recovers(tmp_path):
             for _ in range(100):
                 published.append(b.publish("q", big, clean=False))
         assert caught.value.errno == errno.ENOSPC and "No space" in str(caught.value)
-        assert os.listdir(os.path.join(b.root, "q", "tmp")) == []
+        assert tmp_names(b) == []
         waiting, _ = b.get_message_list("q")
         assert sorted(waiting) == sorted(m.filename for m in published)
         assert all(len(b.consume("q").message) == len(big) for _ in published[:3])

@@ -96,7 +96,8 @@ print(json.dumps(b.get_message_list('jobs')))
     assert consumed == ["a", "b"]
     assert left == [[], []]
     assert b.get_message_list("jobs") == ([], [])
-    assert sorted(os.listdir(os.path.join(root, "jobs"))) == ["ddmq.yaml", "dead", "tmp", "work"]
+    b.close()  # its spares go, and the tmp/ folder they leave empty
+    assert sorted(os.listdir(os.path.join(root, "jobs"))) == ["ddmq.yaml", "work"]
 
 
 def test_custom_requeue_priority_of_the_original_is_understood(original, tmp_path):
@@ -122,7 +123,7 @@ def test_original_handles_work_files_of_ddmq_claims(original, tmp_path):
     b.publish("jobs", "expired, requeued by the original", requeue=True)
     held = b.consume("jobs")
     expiring = b.consume("jobs")
-    assert held.filename.count(".") == 4  # EXPIRY.PRIO.QNUM.ddmqID.CLAIMER
+    assert held.filename.count(".") == 3  # EXPIRY.PRIO.QNUM.ddmqIDZCLAIMER
     expire(b, "jobs", expiring.filename)
     (expired_name,) = [n for n in b.get_message_list("jobs")[1] if n != held.filename]
     out = run_original(original, root, f"""
@@ -138,3 +139,104 @@ print(b.get_message_list('jobs')[0])
     assert again.message == "expired, requeued by the original"
     assert again.requeue_counter == 1
     b.ack(again)
+
+
+def test_fifo_order_holds_across_versions(original, tmp_path):
+    """0.9.14's queue numbers are str(time.time()) without the dot (15-17
+    digits), ours the time in ns (19): both are compared as the time they
+    say, so one priority's messages come out in the order they were
+    published, whichever version published or consumes them."""
+    root = str(tmp_path / "root")
+    b = ddmq.broker(root, create=True)
+    b.publish("q", "1 ddmq")
+    run_original(original, root, "ddmq.broker(root).publish('q', msg_text='2 original', priority=999, clean=False)")
+    b.publish("q", "3 ddmq")
+    run_original(original, root, "ddmq.broker(root).publish('q', msg_text='4 original', priority=999, clean=False)")
+    ours = [b.consume("q") for _ in range(4)]
+    assert [m.message for m in ours] == ["1 ddmq", "2 original", "3 ddmq", "4 original"]
+    for m in ours:  # given back untouched, for the original to consume
+        b.nack(m, requeue=True, count=False)
+    out = run_original(original, root, """
+import json
+b = ddmq.broker(root)
+print(json.dumps([b.consume('q', clean=False).message for _ in range(4)]))
+""")
+    assert json.loads(out) == ["1 ddmq", "2 original", "3 ddmq", "4 original"]
+
+
+def test_a_default_message_of_ours_is_requeued_not_lost_by_the_original(original, tmp_path):
+    """We write "requeue": true (the queue's setting at publish), which 0.9.14
+    acts on: its clean requeues an expired lease, its nack requeues; we keep
+    "the queue's setting when it matters" for ourselves in requeue_given."""
+    root = str(tmp_path / "root")
+    b = ddmq.broker(root, create=True)
+    b.publish("q", "expires")
+    b.publish("q", "nacked")
+    out = run_original(original, root, """
+import json, os, time
+b = ddmq.broker(root)
+expiring = b.consume('q', clean=False)
+nacked = b.consume('q', clean=False)
+work = os.path.join(root, 'q', 'work')
+old = os.path.join(work, expiring.filename)
+os.rename(old, os.path.join(work, str(int(time.time()) - 10) + expiring.filename[expiring.filename.index('.'):]))
+b.nack(nacked)
+b.clean('q', force=True)
+print(json.dumps(sorted(m.split('.')[0] for m in b.get_message_list('q')[0])))
+print(json.dumps(b.get_message_list('q')[1]))
+""")
+    priorities, work = (json.loads(line) for line in out.splitlines())
+    # Both back (0.9.14 turns its requeue priority 0 into 999: its own bug).
+    assert work == [] and priorities == ["999", "999"]
+    texts = sorted(b.consume("q").message for _ in range(2))
+    assert texts == ["expires", "nacked"]
+    b.update_settings_file("q", {"requeue": False})  # for us, null still means "the setting now"
+    b.publish("q", "follows the setting")
+    msg = b.consume("q")
+    assert msg.requeue is None
+    b.nack(msg)
+    assert b.get_message_list("q")[0] == []
+
+
+def test_a_custom_requeue_priority_of_ours_is_honoured_by_the_original(original, tmp_path):
+    root = str(tmp_path / "root")
+    b = ddmq.broker(root, create=True)
+    b.publish("q", "x", requeue_prio=7)
+    out = run_original(original, root, """
+b = ddmq.broker(root)
+b.nack(b.consume('q', clean=False))
+print(b.get_message_list('q')[0][0])
+""")
+    assert out.startswith("7.")
+    msg = b.consume("q")
+    assert (msg.priority, msg.requeue, msg.requeue_prio, msg.requeue_counter) == (7, True, 7, 1)
+
+
+def test_the_original_deletes_a_message_we_consumed(original, tmp_path):
+    """Our work names keep the claimer's tag inside the last field
+    (ddmqIDZCLAIMER), a name 0.9.14's delete_message accepts."""
+    root = str(tmp_path / "root")
+    b = ddmq.broker(root, create=True)
+    b.publish("q", "x")
+    msg = b.consume("q")
+    run_original(original, root, f"""
+import os
+b = ddmq.broker(root)
+b.delete_message(os.path.join(root, 'q', 'work', {msg.filename!r}))
+""")
+    assert b.get_message_list("q") == ([], [])
+
+
+def test_the_original_deletes_an_idle_queue_of_ours(original, tmp_path):
+    """tmp/ and dead/ exist only while needed, so 0.9.14's delete_queue,
+    which removes only the files it knows, removes an idle queue whole."""
+    root = str(tmp_path / "root")
+    b = ddmq.broker(root, create=True)
+    for i in range(5):
+        b.publish("q", i)
+    for _ in range(5):
+        b.ack(b.consume("q"))
+    b.close()
+    run_original(original, root, "ddmq.broker(root).delete_queue('q')")
+    assert not os.path.exists(os.path.join(root, "q"))
+    assert b.list_queues() == []

@@ -100,7 +100,7 @@ class Agent:
     def summary(self, **extra) -> None:
         self.b.clock.now()
         out = {"retries": self.recorder.retries, "max_call_s": round(self.max_call, 3),
-               "calls": self.calls, "offset": self.b.clock.offset, "time": time.time(),
+               "calls": self.calls, "offset": self.b.clock.now() - time.time(), "time": time.time(),
                "housekeeping_failed": self.recorder.housekeeping_failed, **extra}
         self.log.line("S " + json.dumps(out))
 
