@@ -363,6 +363,17 @@ class Broker:
         self._housekeeper.clean(queue, thorough=True)
         return True
 
+    def requeue_claims(self, queue: str, claimer: str) -> list[str]:
+        """Requeue now every message of ``queue`` held by a consumer known to
+        be dead, whose claimer tag (:func:`ddmq.layout.claimer_tag`, which a
+        consumer may publish, e.g. in a heartbeat) is ``claimer``: each is
+        handled as if its lease had expired (requeued with its counter + 1,
+        or dead-lettered past its limit). Returns the waiting names handled."""
+        if not (isinstance(claimer, str) and claimer.isascii() and claimer.isalnum()):
+            raise ValueError(f"not a claimer tag: {claimer!r}")
+        self._root.require_queue(queue, create=False)
+        return self._housekeeper.requeue_claims(queue, claimer)
+
     def clean_all(self) -> None:
         """Run :meth:`clean` (forced) on every queue of the root."""
         for queue in self.list_queues():

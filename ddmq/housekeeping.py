@@ -153,6 +153,25 @@ class Housekeeper:
                 log.info("removing temporary file of a dead publisher: %s", name)
                 protocol.remove(path, retry)
 
+    def requeue_claims(self, queue: str, claimer: str) -> list[str]:
+        """Requeue now, as if their leases had expired, the messages of
+        ``queue`` claimed by the process whose claimer tag is ``claimer``
+        (see :func:`ddmq.layout.claimer_tag`); the waiting names requeued."""
+        folder = self.root.queue_dir(queue)
+        retry = self.root.retry_timeout(queue)
+        work = os.path.join(folder, WORK)
+        done = []
+        for name in protocol.list_if_there(work, retry, follow=False):
+            parsed = WorkName.parse(name)
+            if parsed is None or not parsed.claimer.startswith(claimer):
+                continue
+            private = self.delivery.take(queue, os.path.join(work, name), parsed.waiting)
+            if private is not None:
+                outcome = self.delivery.finish_requeue(queue, private, None, drop_when_not_requeued=False)
+                log.info("%s of %s: its consumer is gone: %s", parsed.waiting, queue, outcome)
+                done.append(parsed.waiting)
+        return done
+
     def _work_names(self, queue: str, work: str, retry: float, fresh: bool) -> list[str]:
         """The names in ``work``, from the last listing if the folder has not
         changed since (and ``fresh`` is false)."""

@@ -689,3 +689,30 @@ def _nested(depth):
     for _ in range(depth):
         value = [value]
     return value
+
+
+def test_requeue_claims_of_a_dead_consumer_without_waiting_for_its_lease(root):
+    """A consumer in another process is SIGKILLed holding two messages: its
+    claims, told apart by its claimer tag, are requeued at once (counted)."""
+    b = ddmq.broker(root, create=True)
+    for text in ("a", "b", "c"):
+        b.publish("q", text)
+    code = ("import sys, ddmq, ddmq.layout, time\n"
+            "b = ddmq.broker(sys.argv[1])\n"
+            "got = b.consume('q', n=2)\n"
+            "print(ddmq.layout.claimer_tag(), ','.join(m.message for m in got), flush=True)\n"
+            "time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, root], stdout=subprocess.PIPE, text=True)
+    tag, held = child.stdout.readline().split()
+    child.kill()
+    child.wait()
+    assert held == "a,b"
+    mine = b.consume("q")  # this process's claim is not touched
+    assert mine.message == "c"
+    assert len(b.requeue_claims("q", tag)) == 2
+    again = [b.consume("q") for _ in range(2)]
+    assert sorted(m.message for m in again) == ["a", "b"]
+    assert [m.requeue_counter for m in again] == [1, 1]
+    assert sorted(b.get_message_list("q")[1]) == sorted(m.filename for m in again + [mine])
+    with pytest.raises(ValueError):
+        b.requeue_claims("q", "../x")
