@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable, Literal, Sequence, overload
+from typing import Any, Callable, Iterable, Literal, Sequence, overload
 
 from . import protocol
 from .claiming import Claimer, holds
@@ -231,17 +231,8 @@ class Broker:
         retry = self._root.retry_timeout(queue)
         spares = self._root.spares
         make_spare = None if spares is None else spares.retire
-        acked: list[str] = []
-        missing: list[str] = []
-        for work in works:
-            name = work.format()
-            (acked if protocol.retire(folder, name, retry, make_spare) else missing).append(name)
-        if clean:
-            self._housekeeper.maybe_clean(queue)
-        if missing:
-            raise LeaseLostError(f"lease lost for {', '.join(missing)} in {queue}: "
-                                 "it expired and was requeued, or was acked already", missing)
-        return acked
+        return self._settle(queue, works, clean,
+                            lambda work: protocol.retire(folder, work.format(), retry, make_spare))
 
     def nack(self, queue: str | Message, msg_files: str | Sequence[str] | None = None,
              requeue: bool | None = None, clean: bool = True, *, count: bool = True) -> list[str]:
@@ -258,20 +249,28 @@ class Broker:
         queue, works = self._targets(queue, msg_files)
         folder = self._root.queue_dir(queue)
         retry = self._root.retry_timeout(queue)
+
+        def give_back(work: WorkName) -> bool:
+            work_path = os.path.join(folder, WORK, work.format())
+            if requeue is False:
+                return protocol.remove(work_path, retry)
+            private = self._delivery.take(queue, work_path, work.waiting)
+            if private is None:
+                return False
+            self._delivery.finish_requeue(queue, private, requeue, drop_when_not_requeued=True,
+                                          count=count)
+            return True
+
+        return self._settle(queue, works, clean, give_back)
+
+    def _settle(self, queue: str, works: list[WorkName], clean: bool,
+                act: Callable[[WorkName], bool]) -> list[str]:
+        """``act`` on each consumed message (False: its work file was gone);
+        the names done, or LeaseLostError naming those that were gone."""
         done: list[str] = []
         missing: list[str] = []
         for work in works:
-            name = work.format()
-            work_path = os.path.join(folder, WORK, name)
-            if requeue is False:
-                ok = protocol.remove(work_path, retry)
-            else:
-                private = self._delivery.take(queue, work_path, work.waiting)
-                ok = private is not None
-                if private is not None:
-                    self._delivery.finish_requeue(queue, private, requeue,
-                                                  drop_when_not_requeued=True, count=count)
-            (done if ok else missing).append(name)
+            (done if act(work) else missing).append(work.format())
         if clean:
             self._housekeeper.maybe_clean(queue)
         if missing:
