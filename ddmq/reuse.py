@@ -13,7 +13,7 @@ spare and rewrites it (see :func:`ddmq.protocol.publish`):
   publish to that queue claims one (:class:`ddmq.broker.Broker`);
 - the executor: a payload file read and done with is retired in its spill
   folder, the next large payload written there claims one
-  (:mod:`ddmq.executor.payload`).
+  (:mod:`ddmq.executor.spill`).
 
 Every step is one rename, which on a local filesystem either happened or did
 not: a spare is claimed by exactly one process. On a network filesystem

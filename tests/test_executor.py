@@ -21,9 +21,11 @@ import time
 import pytest
 
 import ddmq
-from ddmq.executor import (BrokenDDMQExecutor, DDMQExecutor, RemoteTraceback, SignatureError,
-                           TaskRejectedError, list_workers)
-from ddmq.executor.payload import INLINE_MAX, VERSION, load_secret, secret_path, spill_folder
+from ddmq.executor import (BrokenDDMQExecutor, DDMQExecutor, RemoteTraceback, SecretError,
+                           SignatureError, TaskRejectedError, list_workers)
+from ddmq.executor.envelope import INLINE_MAX, VERSION, dump_result, load_result
+from ddmq.executor.secret import load_secret, secret_path
+from ddmq.executor.spill import SpillStore, spill_folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -264,23 +266,22 @@ def test_large_payloads_travel_as_files_and_are_cleaned_up(ex):
 
 
 def test_large_payloads_are_pickled_into_their_file_or_inline_if_it_cannot_be_made(tmp_path):
-    from ddmq.executor.payload import dump_result, load_result
     secret = os.urandom(32)
-    spill = tmp_path / "spill"
-    spill.mkdir()
+    spills = SpillStore(tmp_path)
+    spill = spills.create("reply-1")
     big = os.urandom(3 * INLINE_MAX)
-    doc = dump_result(secret, "t.1", "reply-1", "w:1", [big, b"small"], [], str(spill))
+    doc = dump_result(secret, "t.1", "reply-1", "w:1", [big, b"small"], [], spills)
     assert "payload" not in doc and os.listdir(spill) == [doc["file"]]  # whole, under its name
-    first = os.stat(spill / doc["file"]).st_ino
-    assert load_result(secret, "reply-1", doc, str(spill)) == ("t.1", [big, b"small"], [])
+    first = os.stat(os.path.join(spill, doc["file"])).st_ino
+    assert load_result(secret, "reply-1", doc, spills) == ("t.1", [big, b"small"], [])
     assert [n for n in os.listdir(spill) if not n.startswith("spare.")] == []  # read once, done with
     smaller = big[: 2 * INLINE_MAX]
-    doc = dump_result(secret, "t.3", "reply-1", "w:1", [smaller], [], str(spill))
-    assert os.stat(spill / doc["file"]).st_ino == first  # the file was rewritten, not made anew
-    assert load_result(secret, "reply-1", doc, str(spill)) == ("t.3", [smaller], [])  # and cut to size
-    gone = tmp_path / "gone"  # e.g. the executor shut down meanwhile: the payload goes inline
-    doc = dump_result(secret, "t.2", "reply-1", "w:1", [big], [], str(gone))
-    assert "file" not in doc and load_result(secret, "reply-1", doc, str(gone)) == ("t.2", [big], [])
+    doc = dump_result(secret, "t.3", "reply-1", "w:1", [smaller], [], spills)
+    assert os.stat(os.path.join(spill, doc["file"])).st_ino == first  # rewritten, not made anew
+    assert load_result(secret, "reply-1", doc, spills) == ("t.3", [smaller], [])  # and cut to size
+    # The executor of reply-2 shut down meanwhile (no folder): the payload goes inline.
+    doc = dump_result(secret, "t.2", "reply-2", "w:1", [big], [], spills)
+    assert "file" not in doc and load_result(secret, "reply-2", doc, spills) == ("t.2", [big], [])
 
 
 def test_unpicklable_argument_fails_that_future_at_once(ex):
@@ -375,12 +376,12 @@ def test_shutdown_cancel_futures_and_submit_after_shutdown(tmp_path):
 
 def test_shutdown_waits_for_running_tasks_and_stops_local_workers(tmp_path):
     ex = DDMQExecutor(tmp_path / "root", max_workers=1)
-    pids = [w.proc.pid for w in ex._workers]
+    pids = [w.proc.pid for w in ex._pool.workers]
     future = ex.submit(gated, "done", "")
     with ex:
         pass  # __exit__: shutdown(wait=True)
     assert future.result(timeout=0) == "done"
-    assert all(w.proc.poll() == 0 for w in ex._workers), "local workers exit 0 on SIGTERM"
+    assert all(w.proc.poll() == 0 for w in ex._pool.workers), "local workers exit 0 on SIGTERM"
     assert list_workers(ex.root) == ([], [])
     assert pids
 
@@ -394,6 +395,9 @@ def test_external_workers_serve_an_executor_without_local_workers(tmp_path):
         try:
             assert list(ex.map(square, range(40), chunksize=1)) == [x * x for x in range(40)]
             assert ex.submit(pid_of_worker).result(timeout=LONG) in {w.pid for w in workers}
+            deadline = time.monotonic() + LONG  # one may have started after the other did all
+            while len(ex.workers()[0]) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
             live, lost = ex.workers()
             assert {r.pid for r in live} == {w.pid for w in workers} and not lost
             assert {r.queue for r in live} == {"tasks"}
@@ -407,7 +411,7 @@ def test_external_workers_serve_an_executor_without_local_workers(tmp_path):
 def test_root_is_private_and_secret_is_shared_race_free(tmp_path):
     root = tmp_path / "root"
     ddmq.broker(root, create=True)
-    code = ("import sys; from ddmq.executor.payload import load_secret;"
+    code = ("import sys; from ddmq.executor.secret import load_secret;"
             "print(load_secret(sys.argv[1]).hex())")
     env = dict(os.environ, PYTHONPATH=REPO)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], env=env,
@@ -421,6 +425,16 @@ def test_root_is_private_and_secret_is_shared_race_free(tmp_path):
     DDMQExecutor(fresh, max_workers=0).shutdown()
     assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o700
     assert len(load_secret(fresh)) == 32
+
+
+def test_a_secret_that_is_a_link_is_not_used(tmp_path):
+    root = tmp_path / "root"
+    ddmq.broker(root, create=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("ab" * 32 + "\n")
+    os.symlink(elsewhere, secret_path(root))
+    with pytest.raises(SecretError, match="link"):
+        load_secret(root)
 
 
 def test_tampered_task_is_refused_before_unpickling(tmp_path):
@@ -475,7 +489,6 @@ def test_tampered_result_is_refused_before_unpickling(tmp_path):
 
 
 def test_late_duplicate_results_are_dropped(tmp_path):
-    from ddmq.executor.payload import dump_result
     with DDMQExecutor(tmp_path / "root", max_workers=0) as ex:
         future = ex.submit(square, 3)
         secret = load_secret(ex.root)

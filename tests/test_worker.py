@@ -18,6 +18,7 @@ import pytest
 import ddmq
 from ddmq.executor import DDMQExecutor, WorkerLostError, list_workers
 from ddmq.executor.heartbeat import HOST, Heartbeat, prune_lost, record_path
+from test_executor import wait_for  # the gate of a task (workers import this module too)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -25,14 +26,6 @@ LONG = 120  # seconds: only reached when something is broken
 
 
 # --- tasks (module level: the workers import this module) ------------------------------
-
-def wait_for(path, timeout=LONG):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.01)
-
 
 def logged_gated(log, gate, value):
     """Append 'start PID' to ``log``, wait for ``gate``, append 'end PID'."""
@@ -253,6 +246,8 @@ def test_heartbeat_records_list_live_and_lost_workers(tmp_path):
     beat.beat("idle", None, 8)
     beat.remove()
     assert list_workers(root) == ([], [])
+    os.mkfifo(os.path.join(os.path.dirname(beat.path), "planted.1.json"))
+    assert list_workers(root) == ([], [])  # not opened: it would block
 
 
 def whoami(x):

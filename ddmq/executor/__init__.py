@@ -2,21 +2,52 @@
 
 ``DDMQExecutor(root)`` publishes calls as task messages; ``python -m
 ddmq.worker ROOT`` processes (started by the executor, or by a batch job on
-other nodes) run them and reply. See :mod:`ddmq.executor.executor` for the
-data flow, :mod:`ddmq.executor.payload` for the signed envelopes and
-:mod:`ddmq.executor.heartbeat` for the workers' heartbeat records::
+other nodes) run them and reply::
 
     from ddmq.executor import DDMQExecutor
 
     with DDMQExecutor("/shared/me/ddmq") as ex:
         results = list(ex.map(f, items))
+
+The modules, each named for what it owns (the arrows go one way: the
+executor's modules use the core, :mod:`ddmq.broker` and the rest, and the
+core never imports them):
+
+- :mod:`.executor`   DDMQExecutor: submit, map, cancel, shutdown (the data flow is drawn there)
+- :mod:`.tasks`      the record of each task and its future, and the table of unresolved ones
+- :mod:`.collector`  the collector thread: replies to futures, and the housekeeping round
+- :mod:`.pool`       the local worker processes: start, watch, replace, stop
+- :mod:`.worker`     the worker, the executor's other half (``python -m ddmq.worker``)
+- :mod:`.keeper`     the worker's keeper thread: leases, heartbeats, grace period, parent
+- :mod:`.envelope`   the signed task, result and refusal envelopes
+- :mod:`.pickling`   the standard pickler where it is right, else cloudpickle
+- :mod:`.spill`      spill files: large payloads beside their message
+- :mod:`.secret`     the root's secret, which signs the envelopes
+- :mod:`.heartbeat`  the workers' heartbeat records
+- :mod:`.runs`       named runs: call outcomes kept in the root for a restarted driver
+- :mod:`.errors`     the exceptions
 """
 
-from .executor import BrokenDDMQExecutor, DDMQExecutor, TaskRejectedError, WorkerLostError
+from typing import TYPE_CHECKING, Any
+
+from .errors import (BrokenDDMQExecutor, RemoteTraceback, SecretError, SignatureError,
+                     TaskRejectedError, WorkerLostError)
 from .heartbeat import WorkerRecord, list_workers
-from .payload import RemoteTraceback, SecretError, SignatureError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .executor import DDMQExecutor
 
 __all__ = [
     "DDMQExecutor", "BrokenDDMQExecutor", "TaskRejectedError", "WorkerLostError",
     "RemoteTraceback", "SecretError", "SignatureError", "WorkerRecord", "list_workers",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # DDMQExecutor (with its collector, pool and task table) is loaded on first
+    # use: a worker, which imports this package for its own half, never needs it.
+    if name == "DDMQExecutor":
+        from .executor import DDMQExecutor
+        globals()[name] = DDMQExecutor
+        return DDMQExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """Worker heartbeat records: which workers serve a root, and which were lost.
 
 Every worker keeps one small JSON file, ``ROOT/.workers/HOST.PID.json``,
-rewritten every ``interval`` seconds (written to a temporary file in the same
-folder, then renamed over the old one, so a reader sees a whole record)::
+rewritten every ``interval`` seconds (by :func:`ddmq.protocol.atomic_write`:
+a temporary file in the same folder, renamed over the old record, so a
+reader sees a whole record)::
 
     {"host": "node12", "pid": 4242, "queue": "tasks", "state": "running",
      "task": "3f9a1c2e.17", "tasks_done": 118, "started": 1764050000.1,
@@ -24,12 +25,16 @@ import dataclasses
 import json
 import logging
 import os
-import socket
 import time
 from typing import Any
 
-from .. import __version__
+from .. import __version__, protocol
 from ..broker import Broker
+from ..errors import UnsafeFileError
+from ..layout import HOST
+
+__all__ = ["HEARTBEAT_DIR", "LOST_AFTER", "HOST", "WorkerRecord", "Heartbeat", "heartbeat_dir",
+           "record_path", "list_workers", "prune_lost"]
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +42,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_DIR = ".workers"
 #: A record older than this many of its intervals belongs to a lost worker.
 LOST_AFTER = 3
-
-HOST = socket.gethostname().split(".")[0].replace("/", "_") or "host"
+#: Largest record read (a record is a few hundred bytes).
+_RECORD_MAX = 1 << 16
 
 
 @dataclasses.dataclass
@@ -84,7 +89,6 @@ class Heartbeat:
         self.root = os.fspath(root)
         self.interval = float(interval)
         self.path = record_path(self.root, HOST, os.getpid())
-        self._temp = os.path.join(heartbeat_dir(self.root), f".tmp-{HOST}.{os.getpid()}.json")
         self._static = {"host": HOST, "pid": os.getpid(), "queue": queue,
                         "started": time.time(), "interval": self.interval,
                         "version": __version__}
@@ -97,27 +101,21 @@ class Heartbeat:
         data = json.dumps(record).encode("utf-8")
         try:
             try:
-                fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                protocol.atomic_write(self.path, data, mode=0o600)
             except FileNotFoundError:
                 os.makedirs(heartbeat_dir(self.root), mode=0o700, exist_ok=True)
-                fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-            os.replace(self._temp, self.path)
+                protocol.atomic_write(self.path, data, mode=0o600)
         except OSError as err:
             log.warning("cannot write the heartbeat record %s: %s", self.path, err)
 
     def remove(self) -> None:
         """Delete the record (the worker is exiting cleanly)."""
-        for path in (self.path, self._temp):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                log.warning("cannot remove the heartbeat record %s: %s", path, err)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.warning("cannot remove the heartbeat record %s: %s", self.path, err)
 
 
 def _pid_gone(host: str, pid: int) -> bool:
@@ -152,9 +150,7 @@ def list_workers(root: str | os.PathLike, queue: str | None = None
             continue
         path = os.path.join(folder, name)
         try:
-            with open(path, "rb") as handle:
-                data = json.loads(handle.read())
-                mtime = os.fstat(handle.fileno()).st_mtime
+            data, mtime = _read_record(path)
             record = WorkerRecord(
                 host=str(data["host"]), pid=int(data["pid"]), queue=str(data["queue"]),
                 state=str(data.get("state", "")), task=data.get("task"),
@@ -163,7 +159,7 @@ def list_workers(root: str | os.PathLike, queue: str | None = None
                 age=max(0.0, now - mtime), lost=False, path=path)
         except FileNotFoundError:
             continue  # the worker exited meanwhile
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, UnsafeFileError, ValueError, KeyError, TypeError) as err:
             log.debug("skipping unreadable heartbeat record %s: %s", path, err)
             continue
         if queue is not None and record.queue != queue:
@@ -174,6 +170,16 @@ def list_workers(root: str | os.PathLike, queue: str | None = None
     live.sort(key=lambda r: (r.host, r.pid))
     lost.sort(key=lambda r: (r.host, r.pid))
     return live, lost
+
+
+def _read_record(path: str) -> tuple[Any, float]:
+    """(the parsed record, its modification time). Like every read of ddmq,
+    a link is not followed and only a regular file is read."""
+    fd, st = protocol.open_regular(path, _RECORD_MAX)
+    try:
+        return json.loads(os.read(fd, _RECORD_MAX + 1)), st.st_mtime
+    finally:
+        os.close(fd)
 
 
 def prune_lost(root: str | os.PathLike, older_than: float = 86400.0) -> list[str]:

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 import ddmq
 from ddmq.cli import COMMANDS, main
-from ddmq.executor import payload
+from ddmq.executor import envelope as payload
 from conftest import populate
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,

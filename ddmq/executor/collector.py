@@ -1,0 +1,208 @@
+"""The collector thread: turns the workers' replies into resolved futures, and keeps the task queue moving.
+
+One per executor, like CPython's ``_ExecutorManagerThread``: the executor's
+thread only publishes; everything that comes back is handled here::
+
+    ROOT/reply-.../ --consume--> Collector --check, unpickle (envelope)--> TaskTable.settle --> Future
+                    <---ack-----     |
+                                     +-- every HOUSEKEEPING_INTERVAL s (the housekeeping round):
+                                           clean(task queue): requeue the tasks of lost workers
+                                           dead letters of the task queue: fail their futures
+                                           LocalPool.mind(): replace local workers that died
+
+The reply queue is consumed with the broker's wait (inotify on a local
+filesystem, else polling with back-off), at most :data:`REPLY_BATCH`
+messages at a time; while ``map`` publishes, the collector pauses up to
+:data:`MAP_PAUSE_MAX` between batches. The first reply of a task wins; a
+late duplicate (from a worker that lost its lease and came back) is logged
+and dropped. When the executor is shut down and no task is unresolved (or
+it is abandoned), the thread cleans up (:meth:`DDMQExecutor._cleanup`) and
+ends; if it fails, the executor is broken and every future fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..backoff import Backoff
+from ..errors import DdmqError, LeaseLostError, QueueNotFoundError
+from ..layout import DEAD, DeadName, message_id
+from ..message import Message
+from .envelope import Refusal, load_result, rebuild, reply_envelopes
+from .errors import BrokenDDMQExecutor, SignatureError, TaskRejectedError, WorkerLostError
+from .tasks import TaskRecord
+
+if TYPE_CHECKING:
+    from .executor import DDMQExecutor
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two housekeeping rounds of the collector thread.
+HOUSEKEEPING_INTERVAL = 2.0
+#: Most reply messages the collector claims at once.
+REPLY_BATCH = 256
+#: Longest pause (s) of the collector while ``map`` publishes its chunks.
+#: Both threads need the GIL: the pause lets ``map`` publish at full speed,
+#: and the collector then takes the replies that came meanwhile in one batch.
+MAP_PAUSE_MAX = 0.05
+
+
+class Collector(threading.Thread):
+    """The collector thread of ``executor`` (see the module docstring)."""
+
+    def __init__(self, executor: DDMQExecutor):
+        super().__init__(name=f"ddmq-collector-{executor._token}", daemon=True)
+        self._executor = executor
+        self._broker = executor._broker
+        self._tasks = executor._tasks
+        self._reply_queue = executor.reply_queue
+        self._spills = executor._spills
+
+    def run(self) -> None:
+        executor = self._executor
+        next_round = 0.0
+        errors = Backoff(0.1, 5.0)  # pauses while the filesystem recovers
+        try:
+            while True:
+                if time.monotonic() >= next_round:
+                    self._housekeeping_round()
+                    next_round = time.monotonic() + HOUSEKEEPING_INTERVAL
+                if executor._shutdown and (not len(self._tasks) or executor._abandon):
+                    break
+                executor._collect_now.wait(MAP_PAUSE_MAX)
+                try:
+                    got = self._broker.consume(self._reply_queue, n=REPLY_BATCH,
+                                               wait=max(0.0, next_round - time.monotonic()))
+                    errors.reset()
+                except QueueNotFoundError:
+                    executor._break(f"the reply queue {self._reply_queue} was deleted")
+                    break
+                except DdmqError as err:
+                    log.warning("cannot read the reply queue %s: %s", self._reply_queue, err)
+                    errors.sleep()
+                    continue
+                if isinstance(got, list) and got:  # n > 1: always a list
+                    self._handle(got)
+        except BaseException as err:  # a bug: say so on every unresolved future
+            log.exception("the collector thread of %r failed", executor)
+            executor._break(f"the collector thread failed: {type(err).__name__}: {err}")
+        finally:
+            executor._cleanup()
+
+    # --- replies ------------------------------------------------------------------
+
+    def _handle(self, msgs: list[Message]) -> None:
+        for msg in msgs:
+            for doc in reply_envelopes(msg.message):
+                try:
+                    self._resolve(doc)
+                except Exception:  # noqa: BLE001 (one bad reply must not stop the others)
+                    log.exception("cannot handle a reply in message %s", msg.id)
+        try:
+            self._broker.ack(self._reply_queue, [msg.filename for msg in msgs if msg.filename])
+        except LeaseLostError:
+            pass
+        except DdmqError as err:
+            log.warning("cannot ack replies: %s", err)
+
+    def _resolve(self, doc: Any) -> None:
+        """Settle the future of the task a result or refusal envelope answers."""
+        executor = self._executor
+        if not isinstance(doc, dict):
+            log.warning("ignoring a reply that is not a JSON object: %.80r", doc)
+            return
+        task = self._tasks.get(doc.get("task"))
+        if task is None:
+            self._spills.discard(doc, self._reply_queue)
+            log.info("dropping a reply for task %s from worker %s: not pending (a duplicate "
+                     "from a worker that lost its lease, or the task was cancelled)",
+                     doc.get("task"), doc.get("worker"))
+            return
+        refusal = Refusal.from_doc(doc)
+        if refusal is not None:
+            self._tasks.settle(task, None, TaskRejectedError(
+                f"task {task.id} ({task.fn_name}) was refused by worker {refusal.worker}: "
+                f"{refusal.reason}"))
+            return
+        try:
+            result = load_result(executor._secret, self._reply_queue, doc, self._spills)
+        except SignatureError as err:
+            log.error("refused a result for task %s without unpickling it: %s", task.id, err)
+            self._tasks.settle(task, None, SignatureError(
+                f"the result of task {task.id} ({task.fn_name}) was refused: {err}; something "
+                f"other than a worker of this root wrote into {self._reply_queue}"))
+            return
+        except Exception as err:  # noqa: BLE001 (unpickling can raise anything)
+            error = pickle.UnpicklingError(
+                f"the result of task {task.id} ({task.fn_name}) cannot be unpickled in this "
+                f"process: {type(err).__name__}: {err}")
+            error.__cause__ = err
+            self._tasks.settle(task, None, error)
+            return
+        errors = [(index, rebuild(exc, tb)) for index, exc, tb in result.failures]
+        values = result.values
+        if values is None:  # the task failed as a whole (e.g. it could not be loaded)
+            self._tasks.settle(task, None, errors[0][1] if errors
+                               else DdmqError(f"task {task.id} failed"))
+        elif len(values) != task.ncalls:
+            self._tasks.settle(task, None, DdmqError(f"task {task.id}: {len(values)} outcomes "
+                                                     f"for {task.ncalls} calls"))
+        elif not task.single:
+            self._tasks.settle(task, (values, errors), None)
+        elif errors:
+            self._tasks.settle(task, None, errors[0][1])
+        else:
+            self._tasks.settle(task, values[0], None)
+
+    # --- the housekeeping round -------------------------------------------------------
+
+    def _housekeeping_round(self) -> None:
+        """Requeue expired leases, fail dead-lettered tasks, mind local workers."""
+        executor = self._executor
+        try:
+            self._broker.clean(executor.queue, force=True)
+        except DdmqError as err:
+            log.warning("housekeeping of queue %s failed: %s", executor.queue, err)
+        if self._tasks.has_messages():
+            self._fail_dead_letters()
+        try:
+            executor._pool.mind(busy=bool(len(self._tasks)))
+        except BrokenDDMQExecutor as err:
+            executor._break(str(err))
+
+    def _fail_dead_letters(self) -> None:
+        """Fail the futures of our tasks found in the task queue's dead letters."""
+        try:
+            dead = self._broker.list_dead(self._executor.queue)
+        except DdmqError as err:
+            log.warning("cannot list the dead letters of %s: %s", self._executor.queue, err)
+            return
+        for name in dead:
+            parsed = DeadName.parse(name)
+            msg_id = message_id(parsed.waiting) if parsed is not None else None
+            task = self._tasks.of_message(msg_id) if msg_id else None
+            if parsed is not None and task is not None:
+                self._tasks.settle(task, None, self._dead_error(task, parsed.reason, name))
+
+    def _dead_error(self, task: TaskRecord, reason: str, name: str) -> DdmqError:
+        executor = self._executor
+        where = os.path.join(executor.root, executor.queue, DEAD, name)
+        if reason == "requeue_limit":
+            attempts = executor.retries + 1
+            log.error("task %s (%s) dead-lettered after %d attempt(s): its worker was lost each time",
+                      task.id, task.fn_name, attempts)
+            return WorkerLostError(
+                f"task {task.id} ({task.fn_name}) failed after {attempts} attempt(s): the worker "
+                f"running it was lost each time (killed, crashed, or its lease of {executor.lease} s "
+                f"expired) and retries={executor.retries} were used up; its message is in {where}")
+        if reason == "expired":
+            return WorkerLostError(
+                f"task {task.id} ({task.fn_name}) failed: the worker running it was lost and its "
+                f"message was dead-lettered instead of requeued ({where})")
+        return TaskRejectedError(f"task {task.id} ({task.fn_name}) was dead-lettered by a worker "
+                                 f"({reason}): {where}")

@@ -1,0 +1,393 @@
+"""Task and result envelopes: what the executor and its workers say to each other, signed.
+
+Unpickling is code execution, so nothing read from a queue is unpickled
+before its signature has been checked. The signature is an HMAC-SHA256,
+keyed with the root's secret (:mod:`ddmq.executor.secret`), over the kind of
+envelope, the task id, the reply queue and the pickled bytes. Only who can
+read the secret can make a payload that a worker or an executor will unpickle.
+
+An envelope is plain JSON: a task is the ``message`` of a task message; the
+``message`` of a reply message (a *reply body*) is a list of result and
+refusal envelopes, so that a worker that ran several quick tasks answers
+them in one message (a lone envelope, as workers before this list sent,
+reads as a list of one)::
+
+    task    {"v": 2, "task": ID, "reply": REPLY_QUEUE,
+             "payload": base64(pickle((fn, [args, ...], [kwargs, ...] or None))),
+             "sig": hex HMAC("task", ID, REPLY_QUEUE, payload bytes)}
+    result  {"v": 2, "task": ID, "worker": "HOST:PID",
+             "payload": base64(pickle(([value, ...] or None, [(index, exception, traceback_text), ...]))),
+             "sig": hex HMAC("result", ID, REPLY_QUEUE, payload bytes)}
+    refusal {"v": 2, "task": ID, "worker": "HOST:PID", "rejected": REASON}
+
+One task may carry several calls of the same function (a chunk of
+``Executor.map``, whose calls have no keyword arguments: None); its result
+carries one value per call, in order (None where the call raised), and the
+calls that raised; values None means the task failed as a whole (index
+None). The lists are plain, so a chunk of a hundred calls costs the pickler
+a hundred arguments and a hundred values, nothing per call beyond them. A
+refusal carries no pickle: it only tells the executor which task a worker
+would not run and why.
+
+A payload over :data:`INLINE_MAX` bytes is pickled straight into a spill
+file (:mod:`ddmq.executor.spill`), never whole in memory (see
+:class:`_Sink`); its envelope says ``"file": NAME`` instead of
+``"payload"``, and is signed the same way.
+
+What the envelopes carry, once checked and unpickled, is a :class:`Task`,
+:class:`Calls`, :class:`Result` or :class:`Refusal` (small typed records;
+NamedTuples, so that they unpack like the plain tuples they replace).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import traceback
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
+
+from ..errors import UnsafeFileError
+from . import pickling
+from .errors import PayloadMissingError, RemoteTraceback, SignatureError
+from .spill import SpillStore, SpillWriter, payload_path, read_payload, spill_folder, valid_name
+
+__all__ = ["VERSION", "INLINE_MAX", "Task", "Calls", "Result", "Refusal", "Failure",
+           "SignatureError", "PayloadMissingError", "sign", "dump_task", "check_task",
+           "load_task", "dump_result", "load_result", "failure", "rebuild", "reply_envelopes"]
+
+log = logging.getLogger(__name__)
+
+#: Version of the envelope format; envelopes of another version are refused.
+VERSION = 2
+#: Payloads larger than this many bytes travel as spill files.
+INLINE_MAX = 64 * 1024
+
+#: What a failed call leaves: (index of the call, or None for the whole task;
+#: the exception; the traceback's text).
+Failure = Tuple[Optional[int], BaseException, Optional[str]]
+
+
+class Task(NamedTuple):
+    """A task envelope whose signature was checked; ``payload`` is not unpickled yet."""
+
+    id: str
+    reply: str
+    payload: bytes
+
+
+class Calls(NamedTuple):
+    """What a task asks: ``fn(*arglists[i], **kwargs[i])`` for each i (no keyword arguments when ``kwargs`` is None)."""
+
+    fn: Callable[..., Any]
+    arglists: list[tuple[Any, ...]]
+    kwargs: list[dict[str, Any]] | None
+
+
+class Result(NamedTuple):
+    """What a result says: one value per call (None where it raised; ``values``
+    None when the task failed as a whole), and the calls that raised, in order."""
+
+    task: str
+    values: list[Any] | None
+    failures: list[Failure]
+
+
+class Refusal(NamedTuple):
+    """A worker would not run task ``task``, for ``reason``."""
+
+    task: str
+    worker: str
+    reason: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"v": VERSION, "task": self.task, "worker": self.worker, "rejected": self.reason}
+
+    @staticmethod
+    def from_doc(doc: dict[str, Any]) -> Refusal | None:
+        """The refusal ``doc`` is, or None if it is another envelope."""
+        if "rejected" not in doc:
+            return None
+        return Refusal(str(doc.get("task")), str(doc.get("worker")), str(doc.get("rejected")))
+
+
+# --- reply bodies ---------------------------------------------------------------
+
+def reply_envelopes(body: Any) -> list[Any]:
+    """The envelopes of a reply message's body (a list; a lone envelope from
+    a worker of an earlier ddmq counts as a list of one). Not checked yet."""
+    return body if isinstance(body, list) else [body]
+
+
+# --- signing ------------------------------------------------------------------------
+
+def _mac(secret: bytes, kind: str, task: str, reply: str) -> hmac.HMAC:
+    """The HMAC-SHA256 of one envelope, fed its header; the payload bytes follow.
+    ``kind`` ("task" or "result") keeps a result from being passed off as a
+    task; the task id and the reply queue tie the payload to its envelope."""
+    header = f"ddmq-v{VERSION}\0{kind}\0{task}\0{reply}\0".encode("utf-8")
+    return hmac.new(secret, header, hashlib.sha256)
+
+
+def sign(secret: bytes, kind: str, task: str, reply: str, payload: bytes | bytearray) -> str:
+    """Hex HMAC-SHA256 of one envelope whose pickled payload is ``payload``."""
+    mac = _mac(secret, kind, task, reply)
+    mac.update(payload)
+    return mac.hexdigest()
+
+
+class _Sink:
+    """A file-like object the pickler writes one payload to.
+
+    The bytes stay in memory up to :data:`INLINE_MAX`; past that, if a spill
+    store is given, they go to a spill file, signed as they go, so a large
+    payload is never copied whole in memory: the C pickler hands a large
+    ``bytes`` object (or buffer) straight to :meth:`write`. :meth:`seal`
+    completes the envelope.
+    """
+
+    def __init__(self, secret: bytes, kind: str, doc: dict[str, Any], reply: str,
+                 spills: SpillStore | None):
+        self._doc, self._reply, self._spills = doc, reply, spills
+        self._kind = kind
+        self._mac = _mac(secret, kind, doc["task"], reply)
+        self._buffer = bytearray()
+        self._file: SpillWriter | None = None
+        self._name = ""
+
+    def write(self, data: Any) -> int:
+        size = len(data) if type(data) is bytes else memoryview(data).nbytes
+        file = self._file
+        if file is None:
+            if self._spills is not None and len(self._buffer) + size > INLINE_MAX:
+                file = self._open(self._spills)
+            if file is None:
+                self._buffer += data
+                return size
+        self._mac.update(data)
+        file.write(data)
+        return size
+
+    def _open(self, spills: SpillStore) -> SpillWriter | None:
+        """Move the payload so far to a new spill file; None if it cannot be
+        made (e.g. the folder is gone): the payload stays inline."""
+        name = f"{self._doc['task']}.{self._kind}.{secrets.token_hex(6)}"
+        try:
+            file = spills.writer(self._reply, name)
+        except OSError as err:
+            log.debug("cannot write %s for %s (%s): sending it inline", name, self._reply, err)
+            self._spills = None
+            return None
+        self._file, self._name = file, name
+        buffered, self._buffer = self._buffer, bytearray()
+        self._mac.update(buffered)
+        file.write(buffered)
+        return file
+
+    def seal(self) -> dict[str, Any]:
+        """The signed envelope: the payload inline (base64), or the name of
+        its spill file, which appears under that name only now that it is whole."""
+        if self._file is None:
+            self._mac.update(self._buffer)
+            self._doc["sig"] = self._mac.hexdigest()
+            self._doc["payload"] = base64.b64encode(self._buffer).decode("ascii")
+            return self._doc
+        self._doc["sig"] = self._mac.hexdigest()
+        self._file.commit()
+        self._file = None
+        self._doc["file"] = self._name
+        return self._doc
+
+    def abandon(self) -> bool:
+        """Drop what was written (the payload is being made again another
+        way); True if part of it had gone to a spill file."""
+        if self._file is None:
+            return False
+        self._file.discard()
+        self._file = None
+        return True
+
+
+def _pickle_into(secret: bytes, kind: str, doc: dict[str, Any], reply: str, value: Any,
+                 spills: SpillStore | None) -> dict[str, Any]:
+    """Pickle ``value`` as the payload of envelope ``doc``; the sealed envelope.
+
+    Tries :func:`ddmq.executor.pickling.picklers` in order. A spill file that
+    cannot be written makes the payload inline. Raises what cloudpickle
+    raises for what cannot be pickled.
+    """
+    picklers = pickling.picklers()
+    for pickler in picklers:
+        sink = _Sink(secret, kind, dict(doc), reply, spills)
+        try:
+            pickler(sink, protocol=pickling.PROTOCOL).dump(value)
+            return sink.seal()
+        except Exception as err:
+            if sink.abandon() and isinstance(err, OSError):  # writing the file failed (disk full?)
+                log.debug("cannot write a spill file (%s): sending the payload inline", err)
+                return _pickle_into(secret, kind, doc, reply, value, None)
+            if pickler is picklers[-1]:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _open_envelope(secret: bytes, kind: str, doc: Any, reply: str | None,
+                   folder_of: Callable[[str], str | None]) -> Task:
+    """Check an envelope's form and signature. ``reply``: the reply queue
+    it was sent to (None: the one it names); ``folder_of(reply)``: the spill
+    folder of its reply queue. Raises SignatureError or PayloadMissingError;
+    nothing is unpickled here."""
+    if not isinstance(doc, dict):
+        raise SignatureError(f"a {kind} envelope is a JSON object, not {type(doc).__name__}")
+    if doc.get("v") != VERSION:
+        raise SignatureError(f"unknown {kind} envelope version {doc.get('v')!r}")
+    task = doc.get("task")
+    if reply is None:
+        reply = doc.get("reply")
+    if not isinstance(task, str) or not task or "\0" in task:
+        raise SignatureError(f"{kind} envelope has no valid 'task'")
+    if not isinstance(reply, str) or not reply or "\0" in reply:
+        raise SignatureError(f"{kind} envelope has no valid 'reply'")
+    sig = doc.get("sig")
+    if not isinstance(sig, str) or not sig:
+        raise SignatureError(f"{kind} {task} is not signed")
+    if "file" in doc:
+        path = payload_path(folder_of(reply), doc.get("file"))
+        if path is None:
+            raise SignatureError(f"{kind} {task}: invalid payload file name {doc.get('file')!r}")
+        try:
+            payload = read_payload(path, task)
+        except UnsafeFileError as err:  # a planted link, FIFO, ...: not ours
+            raise SignatureError(f"{kind} {task}: {err}") from None
+    else:
+        text = doc.get("payload")
+        if not isinstance(text, str):
+            raise SignatureError(f"{kind} envelope has no valid 'payload'")
+        try:
+            payload = base64.b64decode(text.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raise SignatureError(f"{kind} {task}: payload is not base64") from None
+    if not hmac.compare_digest(sign(secret, kind, task, reply, payload), sig):
+        raise SignatureError(f"{kind} {task}: signature does not match the root's secret")
+    return Task(task, reply, payload)
+
+
+# --- tasks --------------------------------------------------------------------------
+
+def dump_task(secret: bytes, task: str, reply: str, fn: Callable[..., Any],
+              arglists: Sequence[tuple[Any, ...]], kwargs: Sequence[dict[str, Any]] | None = None,
+              spills: SpillStore | None = None) -> dict[str, Any]:
+    """The signed envelope of calls ``fn(*arglists[i], **kwargs[i])`` (no
+    keyword arguments when ``kwargs`` is None); a large payload goes to a
+    spill file of ``reply`` in ``spills``. Raises ``pickle.PicklingError``
+    (with the reason) if the function or an argument cannot be pickled."""
+    doc = {"v": VERSION, "task": task, "reply": reply}
+    try:
+        return _pickle_into(secret, "task", doc, reply,
+                            (fn, list(arglists), None if kwargs is None else list(kwargs)), spills)
+    except Exception as err:
+        raise pickling.pickling_error(f"cannot send the call to {pickling.callable_name(fn)} to a "
+                                      "worker: its function or an argument cannot be pickled",
+                                      err) from err
+
+
+def check_task(secret: bytes, doc: Any, root: str | os.PathLike) -> Task:
+    """Verify a task envelope of ``root``; its payload is not unpickled.
+    Raises SignatureError if it is malformed or not signed with ``secret``,
+    PayloadMissingError if its spill file is gone."""
+    def folder_of(reply: str) -> str | None:
+        return spill_folder(root, reply) if valid_name(reply) else None
+    return _open_envelope(secret, "task", doc, None, folder_of)
+
+
+def load_task(payload: bytes) -> Calls:
+    """Unpickle a *verified* task payload."""
+    fn, arglists, kwargs = pickling.loads(payload)
+    return Calls(fn, arglists, kwargs)
+
+
+# --- results ------------------------------------------------------------------------
+
+def failure(index: int | None, exc: BaseException, where: str = "") -> Failure:
+    """The failure of call ``index`` (None: of the whole task) that raised
+    ``exc`` (inside an ``except``), its traceback headed with ``where``."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None  # frames hold references to everything of the call
+    head = f"\n\"\"\"\n{where}\n" if where else "\n\"\"\"\n"
+    return index, exc, f"{head}{text}\"\"\""
+
+
+def dump_result(secret: bytes, task: str, reply: str, worker: str, values: list[Any] | None,
+                failures: list[Failure], spills: SpillStore | None = None) -> dict[str, Any]:
+    """The signed envelope of a task's outcome (see :class:`Result`). A large
+    payload goes to a spill file of ``reply`` in ``spills``, if given and there.
+
+    A value that cannot be pickled, or an exception that would not survive
+    unpickling, becomes a failure saying so, so the executor always gets an
+    outcome for every call.
+    """
+    doc = {"v": VERSION, "task": task, "worker": worker}
+    if failures:
+        failures = [_sendable_failure(item, worker) for item in failures]
+    try:
+        return _pickle_into(secret, "result", doc, reply, (values, failures), spills)
+    except Exception:  # noqa: BLE001 (a value cannot be pickled: find which)
+        values, failures = _sendable_values(values, failures, worker)
+        return _pickle_into(secret, "result", doc, reply, (values, failures), spills)
+
+
+def _sendable_values(values: list[Any] | None, failures: list[Failure], worker: str
+                     ) -> tuple[list[Any] | None, list[Failure]]:
+    """``values`` with those that cannot be pickled replaced by failures."""
+    if values is None:
+        return values, failures
+    values, failures = list(values), list(failures)
+    for index, value in enumerate(values):
+        try:
+            pickling.dumps(value)
+        except Exception as err:  # noqa: BLE001 (whatever pickling raises)
+            values[index] = None
+            failures.append((index, pickling.pickling_error(
+                f"on worker {worker}, the result ({type(value).__qualname__}) cannot be pickled to "
+                "send it back", err), None))
+    failures.sort(key=lambda item: -1 if item[0] is None else item[0])
+    return values, failures
+
+
+def _sendable_failure(item: Failure, worker: str) -> Failure:
+    """``item``, or a failure saying its exception cannot be sent back."""
+    index, exc, tb = item
+    try:
+        pickling.loads(pickling.dumps(exc))
+        return item
+    except Exception as err:  # noqa: BLE001 (whatever pickling raises)
+        return index, pickling.pickling_error(
+            f"on worker {worker}, the task raised {type(exc).__qualname__}: {exc}, but that "
+            "exception cannot be pickled to send it back", err), tb
+
+
+def load_result(secret: bytes, reply: str, doc: Any, spills: SpillStore | None = None) -> Result:
+    """Verify, then unpickle, a result envelope sent to ``reply`` (whose
+    spill files are in ``spills``). Raises SignatureError before unpickling
+    anything unsigned or tampered with; the unpickling's own errors
+    propagate. The result's spill file is released in any case."""
+    def folder_of(_: str) -> str | None:
+        return None if spills is None else spills.folder(reply)
+    try:
+        task = _open_envelope(secret, "result", doc, reply, folder_of)
+    finally:
+        if spills is not None:
+            spills.discard(doc, reply)
+    values, failures = pickling.loads(task.payload)
+    return Result(task.id, values, failures)
+
+
+def rebuild(value: BaseException, tb: str | None) -> BaseException:
+    """Attach a worker's traceback text to its exception, as ``__cause__``."""
+    if tb:
+        value.__cause__ = RemoteTraceback(tb)
+    return value

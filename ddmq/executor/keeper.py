@@ -1,0 +1,124 @@
+"""The worker's keeper thread: what must go on while a task runs in the main thread.
+
+Tasks run in the worker's main thread, which cannot look up while they do,
+so a second thread, the keeper, ticks at most every :data:`KEEPER_TICK`
+seconds and:
+
+- extends the running task's lease every lease/3 s (``Broker.extend_lease``
+  renames the work file to a later expiry), so a task longer than its lease
+  is never handed to a second worker; a lease found lost is logged, and the
+  task's result is still sent (the executor keeps the first one);
+- sends the answers of the batch's earlier tasks when the running task is
+  slow, so that they do not wait for it;
+- rewrites the heartbeat record every ``--heartbeat`` s
+  (:mod:`ddmq.executor.heartbeat`);
+- when the worker was told to stop and its grace period is over, gives the
+  running task (and the batch's tasks not started) back to the queue and
+  ends the process (:meth:`Worker._give_back_and_exit`);
+- stops the worker as a SIGTERM would when the process that started it
+  (``--parent``) is gone.
+
+It shares the worker's lock, which guards the running task and its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import DdmqError, LeaseLostError
+from ..message import Message
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+#: Longest pause (s) of the keeper thread between two looks at its duties.
+KEEPER_TICK = 0.5
+
+
+class RunningTask:
+    """The task the worker's main thread runs: its message, its lease, and
+    whether the lease was lost. Changed under the worker's lock."""
+
+    __slots__ = ("msg", "task", "lease", "next_extend", "lease_lost")
+
+    def __init__(self, msg: Message, task: str, lease: float):
+        self.msg = msg
+        self.task = task
+        self.lease = lease
+        self.next_extend = time.monotonic() + lease / 3
+        self.lease_lost = False
+
+
+class Keeper(threading.Thread):
+    """The keeper thread of ``worker`` (see the module docstring)."""
+
+    def __init__(self, worker: Worker):
+        super().__init__(name="ddmq-worker-keeper", daemon=True)
+        self._worker = worker
+        self._wake = threading.Event()
+        self._finished = False
+
+    def wake(self) -> None:
+        """Look at the duties now (a new task's lease may need extending sooner than the next tick)."""
+        self._wake.set()
+
+    def finish(self) -> None:
+        """End the thread (the worker is exiting) and wait a moment for it."""
+        self._finished = True
+        self._wake.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        worker = self._worker
+        beat = worker._heartbeat
+        next_beat = time.monotonic() + beat.interval
+        told_grace = False
+        while not self._finished:
+            now = time.monotonic()
+            with worker._lock:
+                running = worker._running
+                if running is not None and not running.lease_lost and now >= running.next_extend:
+                    self._extend(running, now)
+                if running is not None and worker._stopping and now >= worker._stop_deadline:
+                    worker._give_back_and_exit(running)
+            if running is not None and worker._unsent:
+                worker._send_unsent()  # the running task is slow: do not hold back earlier results
+            if worker._stopping and running is not None and not told_grace:
+                told_grace = True
+                log.warning("%s: task %s may run %.0f s more before it is given back",
+                            worker._stop_reason, running.task,
+                            max(0.0, worker._stop_deadline - now))
+            if now >= next_beat:
+                state = "stopping" if worker._stopping else ("running" if running else "idle")
+                beat.beat(state, running.task if running else None, worker.tasks_done)
+                next_beat = now + beat.interval
+            if (worker.parent is not None and not worker._stopping
+                    and os.getppid() != worker.parent):
+                log.warning("the process that started this worker (pid %d) is gone: stopping",
+                            worker.parent)
+                os.kill(os.getpid(), signal.SIGTERM)  # the same path as a SIGTERM from outside
+            pause = min(KEEPER_TICK, max(0.0, next_beat - now))
+            if running is not None and not running.lease_lost:
+                pause = min(pause, max(0.0, running.next_extend - now))
+            self._wake.wait(pause)
+            self._wake.clear()
+
+    def _extend(self, running: RunningTask, now: float) -> None:
+        try:
+            self._worker.broker.extend_lease(running.msg, running.lease)
+            running.next_extend = now + running.lease / 3
+            log.debug("extended the lease of task %s by %.0f s", running.task, running.lease)
+        except LeaseLostError as err:
+            running.lease_lost = True
+            log.warning("lost the lease of task %s while it runs (%s): another worker may "
+                        "run it too", running.task, err)
+        except DdmqError as err:
+            running.next_extend = now + max(0.1, running.lease / 10)
+            log.warning("cannot extend the lease of task %s: %s; trying again", running.task, err)

@@ -1,0 +1,243 @@
+"""Spill files: large payloads that travel beside their message instead of inside it.
+
+A payload over :data:`ddmq.executor.envelope.INLINE_MAX` bytes would cost
+more as base64 inside the JSON of a message than its transfer, so it is
+pickled straight into a file of the *spill folder* of the executor it
+belongs to, ``ROOT/.payloads/REPLY_QUEUE/``, and the envelope names the file
+(``"file": NAME``)::
+
+    executor --write TASK.task.X-->   .payloads/REPLY/  --read-->          worker
+    executor <--read, release--       .payloads/REPLY/  <--write TASK.result.X-- worker
+
+A file is written under a temporary name (``.tmp-NAME``), closed, and only
+then renamed to NAME (:meth:`SpillWriter.commit`), before the message that
+names it is published: a reader finds it whole or not at all. The executor
+releases a result's file once it has read it, a task's file once the task is
+over, and removes its whole folder at shutdown; folders of executors that
+died are pruned by the next executor on the root.
+
+:class:`SpillStore` is the spill folders of one root as one process sees
+them. Where the root is on a local filesystem it keeps released files as
+*spares* (:class:`ddmq.reuse.SparePool`, its own) and rewrites one for the
+next payload written to their folder: its pages and blocks are there
+already, a new file's are not.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+import time
+from typing import Any, Sequence
+
+from .. import protocol, reuse
+from ..backoff import wait_until
+from ..settings import DEFAULTS
+from .errors import PayloadMissingError
+
+log = logging.getLogger(__name__)
+
+#: The folder of the spill folders, in the root.
+SPILL_DIR = ".payloads"
+#: Seconds to wait for a spill file that is not there (yet) on a network filesystem.
+SPILL_WAIT = 5.0
+#: Seconds transient filesystem errors are retried when a spill file is renamed to its name.
+RETRY_TIMEOUT = float(DEFAULTS["retry_timeout"])
+#: Spill files a process keeps for reuse per spill folder, and the largest
+#: file kept (they hold their disk space until reused or removed).
+SPARES_MAX = 8
+SPARE_SIZE_MAX = 16 << 20
+
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}$")
+
+
+def spill_folder(root: str | os.PathLike, reply: str) -> str:
+    """The spill folder of the executor whose reply queue is ``reply``."""
+    return os.path.join(os.fspath(root), SPILL_DIR, reply)
+
+
+def valid_name(name: Any) -> bool:
+    """True if ``name`` (from a message) may name a spill folder or file: it
+    cannot lead out of its folder."""
+    return isinstance(name, str) and _NAME.match(name) is not None
+
+
+def payload_path(folder: str | None, name: Any) -> str | None:
+    """The path of the spill file ``name`` in ``folder``; None if there is
+    no folder or ``name`` is not valid (see :func:`valid_name`)."""
+    if folder is None or not valid_name(name):
+        return None
+    return os.path.join(folder, name)
+
+
+def read_payload(path: str, task: str) -> bytes:
+    """The bytes of a spill file. A file another node has just written can
+    take a moment to be seen here: it is waited for up to :data:`SPILL_WAIT`
+    seconds, then :class:`PayloadMissingError` is raised. Like every read of
+    ddmq (:func:`ddmq.protocol.read`), a link is not followed and only a
+    regular file is read: :class:`~ddmq.errors.UnsafeFileError` otherwise."""
+    def attempt() -> list[bytes]:  # a list, so that an empty file counts as found
+        data = protocol.read(path, RETRY_TIMEOUT)
+        return [] if data is None else [data]
+
+    found = wait_until(attempt, SPILL_WAIT, first=0.005, most=0.5)
+    if not found:
+        raise PayloadMissingError(f"the payload file of task {task} is gone: {path}")
+    return found[0]
+
+
+class SpillStore:
+    """The spill folders of ``root``: writes, reads and releases their files,
+    and makes and removes whole folders. Safe to share between threads."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = os.fspath(root)
+        local = reuse.filesystem_type(self.root) in reuse.REUSE_FILESYSTEMS
+        self._spares = reuse.SparePool(SPARES_MAX) if local else None
+
+    def folder(self, reply: str) -> str:
+        """The spill folder of reply queue ``reply``."""
+        return spill_folder(self.root, reply)
+
+    def file_of(self, doc: dict[str, Any], reply: str) -> str | None:
+        """The path of the spill file an envelope sent to ``reply`` names, if any."""
+        name = doc.get("file")
+        return None if name is None else payload_path(self.folder(reply), name)
+
+    def writer(self, reply: str, name: str) -> SpillWriter:
+        """A new spill file ``name`` in the folder of ``reply``, to write and
+        then commit. Raises OSError if it cannot be made (the folder is gone)."""
+        folder = self.folder(reply)
+        temp = f"{folder}{os.sep}.tmp-{name}"
+        path = f"{folder}{os.sep}{name}"
+        # A spare (a payload file read and done with) is rewritten in place.
+        if self._spares is not None and self._spares.take(folder, 1.0, private=temp) is not None:
+            fd = _open_spare(temp)
+            if fd is not None:
+                return SpillWriter(fd, temp, path, reused=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        return SpillWriter(fd, temp, path, reused=False)
+
+    def release(self, path: str) -> None:
+        """A spill file is done with: remove it; on a local filesystem keep it
+        as a spare for the next payload written to its folder, if it is not
+        too large to keep."""
+        if self._spares is not None:
+            try:
+                keep = os.stat(path).st_size <= SPARE_SIZE_MAX
+            except OSError:
+                keep = False
+            if keep and self._spares.retire(path, os.path.dirname(path)):
+                return
+        protocol.remove_quietly(path)
+
+    def discard(self, doc: Any, reply: str) -> None:
+        """Release the spill file of an envelope (read, or not to be read)."""
+        path = self.file_of(doc, reply) if isinstance(doc, dict) else None
+        if path is not None:
+            self.release(path)
+
+    def create(self, reply: str) -> str:
+        """Create the spill folder of ``reply`` (private to the owner); its path."""
+        path = self.folder(reply)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
+    def remove(self, reply: str) -> None:
+        """Delete the spill folder of ``reply`` with whatever is left in it."""
+        path = self.folder(reply)
+        if self._spares is not None:
+            self._spares.forget(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+    def prune(self, queues: Sequence[str], older_than: float = 3600.0) -> list[str]:
+        """Delete the spill folders whose reply queue is not in ``queues``
+        (their executor died) and that did not change for ``older_than``
+        seconds; the paths deleted."""
+        base = os.path.join(self.root, SPILL_DIR)
+        try:
+            names = os.listdir(base)
+        except FileNotFoundError:
+            return []
+        removed = []
+        for name in names:
+            path = os.path.join(base, name)
+            try:
+                stale = name not in queues and time.time() - os.stat(path).st_mtime > older_than
+            except OSError:
+                continue
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
+
+
+def _open_spare(path: str) -> int | None:
+    """Open a claimed spare to rewrite it; None (and it is removed) unless it
+    is a regular file of this user with no other name: a hard link planted
+    under a spare's name is never written through (see the README's trust model)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        protocol.remove_quietly(path)
+        return None
+    try:
+        own = protocol.is_own_file(os.fstat(fd))
+    except OSError:
+        own = False
+    if not own:
+        os.close(fd)
+        protocol.remove_quietly(path)
+        return None
+    return fd
+
+
+class SpillWriter:
+    """One spill file being written (see :meth:`SpillStore.writer`):
+    :meth:`write` as often as needed, then :meth:`commit` or :meth:`discard`."""
+
+    __slots__ = ("_fd", "_temp", "path", "_reused", "_size", "_open")
+
+    def __init__(self, fd: int, temp: str, path: str, reused: bool):
+        self._fd = fd
+        self._temp = temp
+        self.path = path
+        self._reused = reused
+        self._size = 0
+        self._open = True
+
+    def write(self, data: Any) -> None:
+        """Write all of ``data`` (bytes or any buffer)."""
+        view = memoryview(data).cast("B")
+        self._size += len(view)
+        protocol.write_all(self._fd, view)
+
+    def commit(self) -> None:
+        """Close the file and rename it to its name: it appears whole."""
+        self._open = False
+        try:
+            try:
+                if self._reused:  # the spare may have been longer
+                    os.ftruncate(self._fd, self._size)
+            finally:
+                os.close(self._fd)
+            if not protocol.move(self._temp, self.path, RETRY_TIMEOUT):
+                raise FileNotFoundError(errno.ENOENT, "the spill file was removed while written",
+                                        self._temp)
+        except BaseException:
+            protocol.remove_quietly(self._temp)
+            raise
+
+    def discard(self) -> None:
+        """Drop what was written."""
+        if self._open:
+            self._open = False
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        protocol.remove_quietly(self._temp)

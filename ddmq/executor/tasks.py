@@ -1,0 +1,142 @@
+"""The executor's record of its tasks: each task message and the future it resolves.
+
+A :class:`TaskRecord` is made by ``submit``/``map`` for each task message, is
+added to the executor's :class:`TaskTable` before the message is published
+(so that even the quickest reply finds it), and leaves the table exactly
+once: when the collector resolves its future, when it is cancelled, or when
+the executor breaks. Whoever takes it out (:meth:`TaskTable.forget`) settles
+its future; everyone else finds it gone and does nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, Callable
+
+from ..message import Message
+from .errors import BrokenDDMQExecutor
+from .spill import SpillStore
+
+
+class TaskFuture(Future):
+    """A Future whose ``cancel()`` withdraws its task message from the queue.
+
+    ``cancel()`` returns True if the task was waiting (its message is
+    deleted and no worker will run it), False if a worker has it or it is
+    done. A task a lost worker gave back is waiting again, and can be
+    cancelled again. ``running()`` stays False: the executor is not told
+    when a worker starts a task.
+    """
+
+    def __init__(self, task_id: str, withdraw: Callable[[str], bool]):
+        super().__init__()
+        self._task_id = task_id
+        self._withdraw = withdraw  # the executor's: deletes the task's message if still waiting
+
+    def cancel(self) -> bool:
+        if self.cancelled():
+            return True
+        if self.done() or self.running():
+            return False
+        if not self._withdraw(self._task_id):
+            return False
+        return super().cancel()
+
+
+class TaskRecord:
+    """One task message: the calls it carries and the future they resolve."""
+
+    __slots__ = ("id", "future", "ncalls", "single", "fn_name", "msg", "payload_file")
+
+    def __init__(self, task_id: str, future: TaskFuture, ncalls: int, single: bool, fn_name: str,
+                 payload_file: str | None):
+        self.id = task_id
+        self.future = future
+        self.ncalls = ncalls
+        self.single = single  # submit(): the future's result is the value; map(): (values, errors)
+        self.fn_name = fn_name
+        self.payload_file = payload_file  # the spill file of a large task payload
+        self.msg: Message | None = None   # the task message, once published
+
+
+class TaskTable:
+    """The tasks whose futures are not resolved yet, by task id and by
+    message id. Safe to share between threads."""
+
+    def __init__(self, spills: SpillStore):
+        self._spills = spills
+        self._lock = threading.Lock()
+        self._by_id: dict[str, TaskRecord] = {}
+        self._by_msg_id: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def add(self, task: TaskRecord) -> None:
+        with self._lock:
+            self._by_id[task.id] = task
+
+    def published(self, task: TaskRecord, msg: Message) -> None:
+        """``task`` went out as ``msg``: it can be found by its message id (if still unresolved)."""
+        task.msg = msg
+        with self._lock:
+            if task.id in self._by_id and msg.id:
+                self._by_msg_id[msg.id] = task.id
+
+    def get(self, task_id: Any) -> TaskRecord | None:
+        """The unresolved task ``task_id`` (any value: it may come from a reply)."""
+        with self._lock:
+            return self._by_id.get(task_id) if isinstance(task_id, str) else None
+
+    def of_message(self, msg_id: str) -> TaskRecord | None:
+        """The unresolved task whose message has id ``msg_id``."""
+        with self._lock:
+            task_id = self._by_msg_id.get(msg_id)
+            return self._by_id.get(task_id) if task_id else None
+
+    def has_messages(self) -> bool:
+        """True if a published task is unresolved."""
+        with self._lock:
+            return bool(self._by_msg_id)
+
+    def tasks(self) -> list[TaskRecord]:
+        with self._lock:
+            return list(self._by_id.values())
+
+    def forget(self, task: TaskRecord) -> bool:
+        """Take ``task`` out of the table and release its spill file; False
+        if someone else did first."""
+        with self._lock:
+            if self._by_id.pop(task.id, None) is None:
+                return False
+            if task.msg is not None and task.msg.id:
+                self._by_msg_id.pop(task.msg.id, None)
+        if task.payload_file is not None:
+            self._spills.release(task.payload_file)
+        return True
+
+    def settle(self, task: TaskRecord, value: Any, error: BaseException | None) -> None:
+        """Forget ``task`` and resolve its future, unless someone else did first."""
+        if self.forget(task):
+            settle(task.future, value, error)
+
+    def break_all(self, reason: str) -> None:
+        """Fail every unresolved future with BrokenDDMQExecutor(``reason``)."""
+        with self._lock:
+            tasks = list(self._by_id.values())
+            self._by_id.clear()
+            self._by_msg_id.clear()
+        for task in tasks:
+            settle(task.future, None, BrokenDDMQExecutor(reason))
+
+
+def settle(future: Future, value: Any, error: BaseException | None) -> None:
+    """Resolve ``future`` unless it was cancelled (or resolved) meanwhile."""
+    try:
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:
+        pass

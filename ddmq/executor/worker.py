@@ -1,0 +1,533 @@
+"""A ddmq worker: runs the tasks that :class:`ddmq.executor.DDMQExecutor` publishes.
+
+Start one per core, on any machine that shares the root's filesystem::
+
+    python -m ddmq.worker ROOT [--queue tasks] [--max-tasks N] [--idle-timeout S]
+                               [--heartbeat S] [--grace S] [-v]
+
+The data flow of one task (every arrow is a call of the broker's public API)::
+
+    ROOT/tasks/                  worker (main thread)              ROOT/reply-HOST-PID-X/
+    -----------                  --------------------              ----------------------
+    PRIO.QNUM.ddmqID --consume-->  check the signature (envelope)
+       (work/EXPIRY.PRIO...)         bad: reject (-> tasks/dead/)  --[refusal]---------->
+                                     good: unpickle, call
+                                   publish the outcomes  ----------[result, ...]-------->
+    work file  <--------ack-------  (then ack: the task is done)
+
+    keeper thread (ddmq.executor.keeper): extends the running task's lease,
+    rewrites ROOT/.workers/HOST.PID.json, ends the grace period.
+
+A worker claims one task message at a time, or a batch of them while its
+tasks are quick (:data:`MAX_BATCH`, :data:`QUICK_TASK`); the results of a
+batch share one reply message per reply queue (a reply body is a list of
+envelopes) and their acks one call. Large results go to the executor's
+spill folder (:mod:`ddmq.executor.spill`).
+
+A worker that dies (SIGKILL, node crash) stops extending its lease; the
+housekeeping of any executor or worker on the queue requeues the task once
+the lease expires, and another worker runs it. A task that keeps killing its
+workers is dead-lettered after its requeue limit (the executor's
+``retries``) and its future fails.
+
+SIGTERM or SIGINT: the worker stops taking tasks; a running task may finish
+within ``--grace`` seconds, else it is given back to the queue (``nack``) for
+another worker. A second signal gives it back at once. Either way the worker
+removes its heartbeat record and exits 0.
+
+Tasks run in the worker's own process, in its main thread, one at a time, so
+they can use signals and anything else a script's main thread can. Workers
+must be able to import what the tasks import: run them in the same
+environment (virtualenv, modules, ``PYTHONPATH``) as the code that submits.
+
+The command line (:func:`main`) is at the bottom of this module;
+``python -m ddmq.worker`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from .. import __version__
+from ..backoff import Backoff, wait_until
+from ..broker import Broker
+from ..errors import DdmqError, InvalidNameError, LeaseLostError, QueueNotFoundError
+from ..layout import DEAD, HOST, check_queue_name
+from ..message import Message
+from ..watch import FolderWatcher
+from . import heartbeat as heartbeat_records
+from .envelope import Failure, Refusal, check_task, dump_result, failure, load_task
+from .errors import PayloadMissingError, SignatureError
+from .keeper import KEEPER_TICK, Keeper, RunningTask
+from .secret import load_secret
+from .spill import SpillStore
+
+__all__ = ["Worker", "build_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+#: Pause (s) after a filesystem error before the worker looks at the queue again.
+ERROR_PAUSE_MAX = 30.0
+#: Most task messages a worker claims at once. It claims more than one only
+#: while its tasks are quick (see QUICK_TASK), so that slow tasks stay spread
+#: over all workers; quick ones then cost fewer file operations each, as their
+#: results share one reply message and their acks one call.
+MAX_BATCH = 16
+#: Seconds a task may take on average for its worker to keep claiming batches.
+QUICK_TASK = 0.005
+#: When the tasks of a batch not started yet would take longer than this
+#: (s) at the pace of the last one, the worker gives them back for other
+#: workers (a requeue each: worth it only for that much work).
+HOARD_SECONDS = 1.0
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave an idle wait at once."""
+
+
+class _Answer:
+    """A task that ran: its message, and the result envelope to send back."""
+
+    __slots__ = ("msg", "task", "reply", "result")
+
+    def __init__(self, msg: Message, task: str, reply: str, result: dict[str, Any]):
+        self.msg, self.task, self.reply, self.result = msg, task, reply, result
+
+
+class Worker:
+    """Consumes task messages of ``queue`` under ``root`` and runs them.
+
+    ``max_tasks``: exit after that many task messages (a chunk of ``map`` is
+    one). ``idle_timeout``: exit after that many seconds without a task.
+    ``heartbeat``: seconds between heartbeat records. ``grace``: seconds a
+    running task may go on after SIGTERM/SIGINT before it is given back.
+    ``parent``: stop when the process with that pid is no longer this
+    worker's parent (the executor that started it died).
+
+    Creates the root (mode 0700), the queue and the root's secret if missing.
+    """
+
+    def __init__(self, root: str | os.PathLike, queue: str = "tasks", *,
+                 max_tasks: int | None = None, idle_timeout: float | None = None,
+                 heartbeat: float = 10.0, grace: float = 30.0, parent: int | None = None):
+        check_queue_name(queue)
+        setup = Broker(root, create=True)
+        setup.create_queue(queue)
+        setup.close()
+        self.broker = Broker(root)  # create=False: never re-creates a deleted reply queue
+        self.root = self.broker.root
+        self.queue = queue
+        self.secret = load_secret(self.root, create=True)
+        self.max_tasks = max_tasks
+        self.idle_timeout = idle_timeout
+        self.grace = grace
+        self.parent = parent
+        self.name = f"{HOST}:{os.getpid()}"
+        self.tasks_done = 0
+        self._heartbeat = heartbeat_records.Heartbeat(self.root, queue, heartbeat)
+        self._spills = SpillStore(self.root)
+        self._watcher = FolderWatcher()
+        self._keeper = Keeper(self)
+        # Shared with the keeper thread, under _lock: the running task (and
+        # the lease of its message), the batch's tasks not started, and the
+        # answers of those that ran, not sent yet.
+        self._lock = threading.Lock()
+        self._running: RunningTask | None = None
+        self._queued: list[Message] = []
+        self._unsent: list[_Answer] = []
+        # Set by the signal handler, which takes no locks (it may interrupt
+        # the thread that holds one); read by the main and keeper threads.
+        self._stopping = False
+        self._stop_reason = ""
+        self._stop_deadline = math.inf
+        self._interruptible = False
+        self._batch = 1  # task messages to claim at once (see MAX_BATCH)
+        self._last_run = 0.0  # seconds the calls of the last task took (see HOARD_SECONDS)
+
+    # --- the main loop ------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve the queue until stopped; returns the exit status (0 when
+        stopped by a signal, by ``max_tasks`` or by ``idle_timeout``)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            heartbeat_records.prune_lost(self.root)
+        except (OSError, DdmqError) as err:
+            log.debug("cannot prune old heartbeat records: %s", err)
+        self._heartbeat.beat("idle", None, 0)
+        self._keeper.start()
+        log.info("worker %s serving queue %s of %s", self.name, self.queue, self.root)
+        status = 0
+        try:
+            status = self._serve()
+        finally:
+            self._keeper.finish()
+            self._heartbeat.remove()
+            self._watcher.close()
+            self.broker.close()
+        log.info("worker %s exits after %d task(s)%s", self.name, self.tasks_done,
+                 f" ({self._stop_reason})" if self._stop_reason else "")
+        return status
+
+    def _serve(self) -> int:
+        while True:
+            if self._stopping:
+                return 0
+            if self.max_tasks is not None and self.tasks_done >= self.max_tasks:
+                self._stop_reason = f"--max-tasks {self.max_tasks} reached"
+                return 0
+            batch = self._batch
+            if self.max_tasks is not None:
+                batch = min(batch, self.max_tasks - self.tasks_done)
+            try:
+                msgs = self._next_messages(batch)
+            except _Stop:
+                return 0
+            except QueueNotFoundError:
+                log.error("queue %s was deleted from %s: stopping", self.queue, self.root)
+                return 1
+            if not msgs:
+                self._stop_reason = f"idle for --idle-timeout {self.idle_timeout} s"
+                return 0
+            self._run_batch(msgs)
+
+    def _next_messages(self, n: int) -> list[Message]:
+        """Claim up to ``n`` task messages; [] after ``idle_timeout`` s.
+
+        Waits like ``consume(wait=...)`` (inotify where it works, else
+        polling with back-off up to the queue's ``poll_max``), but so that a
+        signal ends the wait at once: the handler raises :class:`_Stop` only
+        inside the wait itself (``sleep``), never while a message is being
+        claimed, so no claimed message is dropped. After a filesystem error
+        the next look comes after a longer pause (up to :data:`ERROR_PAUSE_MAX`).
+        """
+        folder = os.path.join(self.root, self.queue)
+        deadline = None if self.idle_timeout is None else time.monotonic() + self.idle_timeout
+        errors = Backoff(0.1, ERROR_PAUSE_MAX)
+
+        def sleep(pause: float) -> None:
+            self._interruptible = True
+            try:
+                if self._stopping:
+                    raise _Stop
+                self._watcher.wait(folder, pause)
+            finally:
+                self._interruptible = False
+
+        def attempt() -> list[Message]:
+            self._watcher.arm(folder)
+            try:
+                got = self.broker.consume(self.queue, n=n)
+            except QueueNotFoundError:
+                raise
+            except DdmqError as err:  # the filesystem is unwell; it may recover
+                pause = errors.next()
+                log.warning("cannot consume from %s: %s; trying again in %.1f s",
+                            self.queue, err, pause)
+                sleep(pause if deadline is None else min(pause, deadline - time.monotonic()))
+                return []
+            return got if isinstance(got, list) else [got] if got is not None else []
+
+        return wait_until(attempt, self.idle_timeout, first=0.001, most=self._poll_max, sleep=sleep)
+
+    def _poll_max(self) -> float:
+        return float(self.broker.get_settings(self.queue)["poll_max"])
+
+    def _run_batch(self, msgs: list[Message]) -> None:
+        """Run claimed task messages one after the other, then send their
+        results (one reply message per reply queue) and ack them.
+
+        Messages not yet started are given back when the worker is asked to
+        stop, when they turn out slow (so that other workers take them: a
+        batch is claimed only after quick tasks, see MAX_BATCH and HOARD_SECONDS),
+        or when the batch has taken a third of a lease (only the running
+        task's lease is extended). The keeper sends the results gathered so
+        far when a task of the batch turns out slow, so they do not wait for it."""
+        started = time.monotonic()
+        ran = 0
+        self._last_run = 0.0
+        for index, msg in enumerate(msgs):
+            elapsed = time.monotonic() - started
+            if index and (self._stopping or self._last_run * (len(msgs) - index) > HOARD_SECONDS
+                          or elapsed > self._lease_of(msg) / 3):
+                with self._lock:
+                    self._queued = []
+                for rest in msgs[index:]:
+                    self._nack(rest, "(not started)")
+                break
+            with self._lock:  # the keeper gives these back too if the grace period ends
+                self._queued = msgs[index + 1:]
+            answer = self._run_task(msg)
+            ran += 1
+            if answer is not None:
+                with self._lock:
+                    self._unsent.append(answer)
+        self._send_unsent()
+        self.tasks_done += ran
+        average = (time.monotonic() - started) / max(1, ran)
+        self._batch = min(MAX_BATCH, self._batch * 2) if average < QUICK_TASK else 1
+
+    def _lease_of(self, msg: Message) -> float:
+        return float(msg.timeout or self.broker.get_settings(self.queue)["message_timeout"])
+
+    def _run_task(self, msg: Message) -> _Answer | None:
+        """Verify and run one task message; its answer, or None if it was
+        refused or dropped (then it is already dealt with)."""
+        doc = msg.message
+        try:
+            task = check_task(self.secret, doc, self.root)
+        except SignatureError as err:
+            self._refuse(msg, doc, err)
+            return None
+        except PayloadMissingError as err:
+            self._drop(msg, doc, err)
+            return None
+        running = RunningTask(msg, task.id, self._lease_of(msg))
+        with self._lock:
+            self._running = running
+        if running.lease / 3 < KEEPER_TICK:
+            self._keeper.wake()  # the keeper's next tick would come too late for this lease
+        began = time.monotonic()
+        try:
+            values, failures = self._call(task.id, task.payload)
+        finally:
+            self._last_run = time.monotonic() - began
+            with self._lock:  # from here on the keeper no longer touches msg
+                self._running = None
+        try:
+            result = dump_result(self.secret, task.id, task.reply, self.name, values, failures,
+                                 self._spills)
+        except Exception as err:  # noqa: BLE001 (the executor must hear of it, whatever it is)
+            error = pickle.PicklingError(f"on worker {self.name}, the outcome of task {task.id} "
+                                         f"cannot be sent back: {type(err).__name__}: {err}")
+            result = dump_result(self.secret, task.id, task.reply, self.name, None,
+                                 [(None, error, None)])
+        if running.lease_lost:
+            log.warning("task %s ran past a lost lease (another worker may run it again); "
+                        "sending its result anyway: the executor keeps the first one", task.id)
+        return _Answer(msg, task.id, task.reply, result)
+
+    def _call(self, task: str, payload: bytes) -> tuple[list[Any] | None, list[Failure]]:
+        """Unpickle and call the calls of a verified task: (values, failures),
+        as :func:`dump_result` takes them. A task that cannot be unpickled
+        failed as a whole (values None)."""
+        try:
+            fn, arglists, kwargs = load_task(payload)
+        except Exception as err:
+            return None, [failure(None, err, f"while loading task {task} on worker {self.name} "
+                                             "(workers must be able to import what the task needs)")]
+        values: list[Any] = []
+        failures: list[Failure] = []
+        for index, args in enumerate(arglists):
+            try:
+                values.append(fn(*args) if kwargs is None else fn(*args, **kwargs[index]))
+            except BaseException as err:  # noqa: B036 (SystemExit of a task is its outcome)
+                values.append(None)
+                failures.append(failure(index, err, f"in task {task} on worker {self.name}"))
+        return values, failures
+
+    # --- answers --------------------------------------------------------------------
+
+    def _send_unsent(self) -> None:
+        with self._lock:
+            unsent, self._unsent = self._unsent, []
+        if unsent:
+            self._answer(unsent)
+
+    def _answer(self, answers: list[_Answer]) -> None:
+        """Publish the results (one message per reply queue), then ack their tasks."""
+        by_reply: dict[str, list[_Answer]] = {}
+        for answer in answers:
+            by_reply.setdefault(answer.reply, []).append(answer)
+        done: list[_Answer] = []
+        for reply, group in by_reply.items():
+            try:
+                self.broker.publish(reply, [a.result for a in group])
+                done.extend(group)
+                continue
+            except QueueNotFoundError:
+                log.info("reply queue %s is gone (its executor shut down): results of %d "
+                         "task(s) dropped", reply, len(group))
+                done.extend(group)
+            except DdmqError as err:
+                log.error("cannot publish results to %s: %s; giving %d task(s) back",
+                          reply, err, len(group))
+                for answer in group:
+                    self._nack(answer.msg, answer.task)
+            for answer in group:
+                self._spills.discard(answer.result, answer.reply)
+        if not done:
+            return
+        try:
+            self.broker.ack(self.queue, [a.msg.filename for a in done if a.msg.filename])
+        except LeaseLostError as err:
+            log.warning("lease already lost at ack (the task was requeued and may run again "
+                        "elsewhere; the executor keeps the first result): %s", ", ".join(err.missing))
+        except DdmqError as err:
+            log.warning("cannot ack %d task(s): %s (they may run again; their duplicate "
+                        "results will be ignored)", len(done), err)
+        log.debug("done: tasks %s", ", ".join(a.task for a in done))
+
+    def _refuse(self, msg: Message, doc: Any, err: SignatureError) -> None:
+        """Dead-letter a task that failed verification and tell its executor."""
+        task = doc.get("task") if isinstance(doc, dict) else None
+        if not isinstance(task, str):
+            task = "?"
+        log.error("refused task %s (message %s): %s; dead-lettering it without unpickling it",
+                  task, msg.id, err)
+        try:
+            dead = self.broker.reject(msg)
+            where = f"{self.queue}/{DEAD}/{dead}"
+        except DdmqError as reject_err:
+            log.warning("cannot dead-letter message %s: %s", msg.id, reject_err)
+            where = "(not dead-lettered)"
+        reply = doc.get("reply") if isinstance(doc, dict) else None
+        if task == "?" or not isinstance(reply, str):
+            return
+        try:
+            check_queue_name(reply)
+            self.broker.publish(reply, [Refusal(task, self.name, f"{err}; message {where}").to_doc()])
+        except (InvalidNameError, QueueNotFoundError):
+            pass
+        except DdmqError as pub_err:
+            log.warning("cannot tell %s that task %s was refused: %s", reply, task, pub_err)
+
+    def _drop(self, msg: Message, doc: dict[str, Any], err: PayloadMissingError) -> None:
+        """A task whose payload file is gone is over (its executor has the
+        result, or is gone): ack it, and tell the executor in case it waits."""
+        log.warning("dropping task %s: %s", doc.get("task"), err)
+        try:
+            self.broker.ack(msg)
+        except DdmqError:
+            pass
+        try:
+            self.broker.publish(doc["reply"], [Refusal(doc["task"], self.name, str(err)).to_doc()])
+        except DdmqError:
+            pass
+
+    def _nack(self, msg: Message, task: str) -> None:
+        try:
+            self.broker.nack(msg, requeue=True, count=False)  # a hand-back is not a failed try
+        except DdmqError as err:
+            log.warning("cannot give task %s back: %s (it is requeued when its lease ends)", task, err)
+
+    # --- stopping -------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # No locks and no logging here: this may run while the main thread
+        # holds one of their locks.
+        if self._stopping:
+            self._stop_deadline = 0.0  # second signal: give the running task back now
+        else:
+            self._stopping = True
+            self._stop_reason = f"{signal.Signals(signum).name} received"
+            self._stop_deadline = time.monotonic() + self.grace
+        if self._interruptible:
+            raise _Stop
+
+    def _give_back_and_exit(self, running: RunningTask) -> None:
+        """Called by the keeper, holding ``_lock``, when the grace period is
+        over: requeue the running task, answer those that ran, give back
+        those not started, and exit 0 (the task's thread cannot be stopped,
+        so the process ends here)."""
+        log.warning("%s: giving task %s back to the queue and exiting",
+                    self._stop_reason, running.task)
+        if not running.lease_lost:
+            self._nack(running.msg, running.task)
+        unsent, self._unsent = self._unsent, []
+        self._answer(unsent)
+        for msg in self._queued:
+            self._nack(msg, "(not started)")
+        self._heartbeat.remove()
+        for handler in logging.getLogger().handlers:
+            try:
+                handler.flush()
+            except Exception:  # noqa: BLE001 (exiting anyway)
+                pass
+        os._exit(0)
+
+
+# --- command line ---------------------------------------------------------------------
+
+def _above_zero(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse ``type``: the option's text as ``kind`` (int or float), which must be more than 0."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ddmq.worker",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the tasks of DDMQExecutor that are published to a ddmq root.\n\n"
+                    "Start one worker per core on every machine that shares the root's\n"
+                    "filesystem, in the same Python environment as the code that submits\n"
+                    "the tasks (workers must be able to import what the tasks import).",
+        epilog="signals:\n"
+               "  SIGTERM/SIGINT  stop taking tasks; the running task may finish within\n"
+               "                  --grace seconds, else it goes back to the queue for another\n"
+               "                  worker (a second signal: at once). The exit status is 0.\n\n"
+               "examples:\n"
+               "  python -m ddmq.worker ~/ddmq-root                  # serve queue 'tasks' until stopped\n"
+               "  python -m ddmq.worker ~/ddmq-root --idle-timeout 600 -v\n"
+               "  srun python -m ddmq.worker $ROOT --grace 60        # one per Slurm task\n\n"
+               "The worker creates the root (mode 0700), the queue and the root's secret\n"
+               "if they are missing, and keeps a heartbeat record in ROOT/.workers/.")
+    parser.add_argument("root", metavar="ROOT", help="the ddmq root folder (shared by executor and workers)")
+    parser.add_argument("--queue", "-q", default="tasks",
+                        help="task queue to serve (default: %(default)s; must match the executor's queue=)")
+    parser.add_argument("--max-tasks", type=_above_zero(int), metavar="N",
+                        help="exit (status 0) after N task messages; a chunk of map() counts as one")
+    parser.add_argument("--idle-timeout", type=_above_zero(float), metavar="S",
+                        help="exit (status 0) after S seconds without a task (default: never)")
+    parser.add_argument("--heartbeat", type=_above_zero(float), default=10.0, metavar="S",
+                        help="seconds between heartbeat records; a worker silent for 3 of them "
+                             "is listed as lost (default: %(default)s)")
+    parser.add_argument("--grace", type=float, default=30.0, metavar="S",
+                        help="seconds a running task may go on after SIGTERM/SIGINT before it is "
+                             "given back to the queue (default: %(default)s)")
+    parser.add_argument("--parent", type=int, metavar="PID",
+                        help="stop as on SIGTERM when process PID, which started this worker, is "
+                             "gone (DDMQExecutor passes this for the workers it starts)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more: -v for each start and stop, -vv for every task")
+    parser.add_argument("--version", action="version", version=f"ddmq {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m ddmq.worker``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format=f"%(asctime)s ddmq.worker[{HOST}:{os.getpid()}] %(levelname)s: %(message)s")
+    if args.grace < 0:
+        log.error("--grace must be 0 or more")
+        return 2
+    try:
+        worker = Worker(args.root, args.queue, max_tasks=args.max_tasks,
+                        idle_timeout=args.idle_timeout, heartbeat=args.heartbeat,
+                        grace=args.grace, parent=args.parent)
+    except (DdmqError, OSError) as err:
+        log.error("cannot start a worker on %s: %s", args.root, err)
+        return 1
+    return worker.run()

@@ -1,0 +1,215 @@
+"""The envelope format: round trips, and every envelope not signed with the root's secret refused before unpickling.
+
+The payloads carry a :class:`Canary`: unpickling one creates a file, so a
+test sees whether anything was unpickled. Real folders under ``tmp_path``
+for spill files; no mocks.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import pickle
+
+import pytest
+
+from ddmq.executor import spill
+from ddmq.executor.envelope import (INLINE_MAX, VERSION, Calls, Result, Refusal, check_task,
+                                    dump_result, dump_task, failure, load_result, load_task,
+                                    rebuild, reply_envelopes, sign)
+from ddmq.executor.errors import PayloadMissingError, RemoteTraceback, SignatureError
+from ddmq.executor.spill import SpillStore
+
+SECRET = bytes(range(32))
+OTHER = bytes(range(1, 33))
+REPLY = "reply-host-1-abcd"
+
+
+def _touch(path: str) -> None:
+    with open(path, "w", encoding="utf-8"):
+        pass
+
+
+class Canary:
+    """Unpickling it creates a file: proof that a payload was unpickled."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return _touch, (self.path,)
+
+
+def add(x, y=0):
+    return x + y
+
+
+@pytest.fixture
+def canary(tmp_path):
+    return str(tmp_path / "unpickled")
+
+
+# --- round trips ---------------------------------------------------------------------------
+
+def test_a_task_round_trips(tmp_path):
+    doc = dump_task(SECRET, "t.1", REPLY, add, [(1, 2)], [{"y": 5}])
+    assert doc["v"] == VERSION and doc["task"] == "t.1" and doc["reply"] == REPLY and "payload" in doc
+    task = check_task(SECRET, doc, tmp_path)
+    assert (task.id, task.reply) == ("t.1", REPLY)
+    calls = load_task(task.payload)
+    assert calls == Calls(add, [(1, 2)], [{"y": 5}])
+    chunk = load_task(check_task(SECRET, dump_task(SECRET, "t.2", REPLY, add, [(1,), (2,)]),
+                                 tmp_path).payload)
+    assert chunk.kwargs is None and chunk.arglists == [(1,), (2,)]  # map's chunks: no kwargs
+
+
+def test_a_result_round_trips_with_its_failures():
+    try:
+        raise ValueError("bad")
+    except ValueError as err:
+        failed = failure(1, err, "in task t.1")
+    doc = dump_result(SECRET, "t.1", REPLY, "host:1", [4, None], [failed])
+    assert doc["worker"] == "host:1" and "reply" not in doc
+    result = load_result(SECRET, REPLY, doc)
+    assert isinstance(result, Result) and result.task == "t.1" and result.values == [4, None]
+    ((index, exc, tb),) = result.failures
+    assert index == 1 and isinstance(exc, ValueError) and "in task t.1" in tb
+    assert isinstance(rebuild(exc, tb).__cause__, RemoteTraceback)
+
+
+def test_large_payloads_travel_in_spill_files(tmp_path):
+    store = SpillStore(tmp_path)
+    folder = store.create(REPLY)
+    big = os.urandom(2 * INLINE_MAX)
+    doc = dump_task(SECRET, "t.1", REPLY, len, [(big,)], None, store)
+    assert "payload" not in doc and os.listdir(folder) == [doc["file"]]
+    assert load_task(check_task(SECRET, doc, tmp_path).payload).arglists == [(big,)]
+    doc = dump_result(SECRET, "t.1", REPLY, "host:1", [big], [], store)
+    assert load_result(SECRET, REPLY, doc, store).values == [big]
+    assert not os.path.exists(os.path.join(folder, doc["file"]))  # released once read
+
+
+class Unrebuildable(Exception):
+    """Pickles, but cannot be unpickled: its __init__ wants two arguments."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a}-{b}")
+
+
+def test_values_and_exceptions_that_cannot_travel_become_failures():
+    doc = dump_result(SECRET, "t.1", REPLY, "host:1", [1, lambda: 0, (x for x in ())],
+                      [(None, Unrebuildable(1, 2), None)])
+    result = load_result(SECRET, REPLY, doc)
+    assert result.values[0] == 1 and result.values[1]() == 0 and result.values[2] is None
+    assert [index for index, _, _ in result.failures] == [None, 2]  # the task's own first
+    assert all(isinstance(exc, pickle.PicklingError) for _, exc, _ in result.failures)
+    assert "Unrebuildable" in str(result.failures[0][1])
+
+
+def test_unpicklable_calls_raise_pickling_error():
+    with pytest.raises(pickle.PicklingError, match="add"):
+        dump_task(SECRET, "t.1", REPLY, add, [((x for x in ()),)])
+
+
+def test_refusals_and_reply_bodies():
+    refusal = Refusal("t.1", "host:1", "bad signature")
+    doc = refusal.to_doc()
+    assert doc == {"v": VERSION, "task": "t.1", "worker": "host:1", "rejected": "bad signature"}
+    assert Refusal.from_doc(doc) == refusal
+    assert Refusal.from_doc(dump_result(SECRET, "t.1", REPLY, "host:1", [1], [])) is None
+    assert reply_envelopes([doc, doc]) == [doc, doc]
+    assert reply_envelopes([]) == []
+    assert reply_envelopes(doc) == [doc]  # a lone envelope, as workers before lists sent
+    assert reply_envelopes("junk") == ["junk"]  # refused one by one by the reader
+
+
+# --- refused before unpickling --------------------------------------------------------------
+
+def _flip_payload(doc):
+    data = bytearray(base64.b64decode(doc["payload"]))
+    data[len(data) // 2] ^= 1
+    doc["payload"] = base64.b64encode(bytes(data)).decode()
+
+
+def _resign(secret):
+    def tamper(doc):
+        reply = doc.get("reply", REPLY)
+        doc["sig"] = sign(secret, "task" if "reply" in doc else "result", doc["task"], reply,
+                          base64.b64decode(doc["payload"]))
+    return tamper
+
+
+TAMPERINGS = {
+    "flipped payload byte": _flip_payload,
+    "other secret": _resign(OTHER),
+    "unsigned": lambda doc: doc.pop("sig"),
+    "empty signature": lambda doc: doc.update(sig=""),
+    "other version": lambda doc: doc.update(v=1),
+    "other task id": lambda doc: doc.update(task="t.2"),
+    "payload not base64": lambda doc: doc.update(payload="%%%"),
+    "file outside the folder": lambda doc: doc.update(file="../../etc/passwd"),
+    "not a dict": lambda doc: doc.clear(),
+}
+
+
+@pytest.mark.parametrize("how", sorted(TAMPERINGS))
+@pytest.mark.parametrize("kind", ["task", "result"])
+def test_tampered_envelopes_are_refused_before_unpickling(tmp_path, canary, kind, how):
+    if kind == "task":
+        doc = dump_task(SECRET, "t.1", REPLY, print, [(Canary(canary),)])
+    else:
+        doc = dump_result(SECRET, "t.1", REPLY, "host:1", [Canary(canary)], [])
+    TAMPERINGS[how](doc)
+    with pytest.raises(SignatureError):
+        if kind == "task":
+            load_task(check_task(SECRET, doc, tmp_path).payload)
+        else:
+            load_result(SECRET, REPLY, doc)
+    assert not os.path.exists(canary)
+
+
+def test_a_result_is_not_accepted_as_a_task_nor_for_another_reply_queue(tmp_path, canary):
+    result = dump_result(SECRET, "t.1", REPLY, "host:1", [Canary(canary)], [])
+    as_task = dict(copy.deepcopy(result), reply=REPLY)
+    with pytest.raises(SignatureError):
+        check_task(SECRET, as_task, tmp_path)
+    with pytest.raises(SignatureError):
+        load_result(SECRET, "reply-other", result)
+    task = dump_task(SECRET, "t.1", REPLY, print, [(Canary(canary),)])
+    with pytest.raises(SignatureError):
+        load_result(SECRET, REPLY, task)
+    assert not os.path.exists(canary)
+    load_result(SECRET, REPLY, result)  # untouched: accepted, and unpickled
+    assert os.path.exists(canary)
+
+
+def test_a_tampered_or_missing_spill_file_is_refused(tmp_path, canary, monkeypatch):
+    store = SpillStore(tmp_path)
+    folder = store.create(REPLY)
+    doc = dump_task(SECRET, "t.1", REPLY, print, [(Canary(canary), os.urandom(2 * INLINE_MAX))],
+                    None, store)
+    path = os.path.join(folder, doc["file"])
+    with open(path, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\0")
+    with pytest.raises(SignatureError):
+        check_task(SECRET, doc, tmp_path)
+    os.unlink(path)
+    monkeypatch.setattr(spill, "SPILL_WAIT", 0.1)  # not seen yet: waited for that long
+    with pytest.raises(PayloadMissingError):
+        check_task(SECRET, doc, tmp_path)
+    assert not os.path.exists(canary)
+
+
+def test_a_payload_file_that_is_a_link_is_refused(tmp_path, canary):
+    store = SpillStore(tmp_path)
+    folder = store.create(REPLY)
+    doc = dump_task(SECRET, "t.1", REPLY, print, [(Canary(canary), os.urandom(2 * INLINE_MAX))],
+                    None, store)
+    path = os.path.join(folder, doc["file"])
+    os.rename(path, path + ".real")
+    os.symlink(path + ".real", path)  # the same bytes, through a link: not followed
+    with pytest.raises(SignatureError, match="link"):
+        check_task(SECRET, doc, tmp_path)
+    assert not os.path.exists(canary)
