@@ -27,10 +27,10 @@ import tempfile
 import time
 
 try:
-    from ddmq.executor import DDMQExecutor
+    from ddmq import DDMQExecutor
 except ImportError:  # running from a checkout without installing: use it
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from ddmq.executor import DDMQExecutor
+    from ddmq import DDMQExecutor
 
 BLOCK = 2000
 
