@@ -48,7 +48,7 @@ examples:
   ddmq delete /tmp/ddmq queue_name
 
   # the same as a JSON object
-  ddmq json '{"command": "publish", "root": "/tmp/ddmq", "queue": "q", "message": "hi"}'
+  ddmq json '{"command": "publish", "root": "/tmp/ddmq", "queue": "q", "message": "hi", "f": true}'
 
 For more info about the commands, run: ddmq <command> -h
 """
