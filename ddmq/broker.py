@@ -207,7 +207,7 @@ class Broker:
     # --- ack, nack, lease -----------------------------------------------------------
 
     def _targets(self, queue: str | Message,
-                 msg_files: str | Sequence[str] | None) -> tuple[str, list[WorkName]]:
+                 msg_files: str | Sequence[str] | None) -> tuple[str, list[tuple[str, WorkName]]]:
         if isinstance(queue, Message):
             if msg_files is None:
                 msg_files = [queue.filename] if queue.filename is not None else []
@@ -216,7 +216,7 @@ class Broker:
         if msg_files is None or msg_files == [] or msg_files == "":
             raise ValueError("no message files given")
         names = [msg_files] if isinstance(msg_files, str) else list(msg_files)
-        return queue, [_work_name(name) for name in names]
+        return queue, [(name, _work_name(name)) for name in names]
 
     def ack(self, queue: str | Message, msg_files: str | Sequence[str] | None = None,
             clean: bool = True) -> list[str]:
@@ -232,7 +232,7 @@ class Broker:
         spares = self._root.spares
         make_spare = None if spares is None else spares.retire
         return self._settle(queue, works, clean,
-                            lambda work: protocol.retire(folder, work.format(), retry, make_spare))
+                            lambda name, work: protocol.retire(folder, name, retry, make_spare))
 
     def nack(self, queue: str | Message, msg_files: str | Sequence[str] | None = None,
              requeue: bool | None = None, clean: bool = True, *, count: bool = True) -> list[str]:
@@ -250,8 +250,8 @@ class Broker:
         folder = self._root.queue_dir(queue)
         retry = self._root.retry_timeout(queue)
 
-        def give_back(work: WorkName) -> bool:
-            work_path = os.path.join(folder, WORK, work.format())
+        def give_back(name: str, work: WorkName) -> bool:
+            work_path = os.path.join(folder, WORK, name)
             if requeue is False:
                 return protocol.remove(work_path, retry)
             private = self._delivery.take(queue, work_path, work.waiting)
@@ -263,14 +263,14 @@ class Broker:
 
         return self._settle(queue, works, clean, give_back)
 
-    def _settle(self, queue: str, works: list[WorkName], clean: bool,
-                act: Callable[[WorkName], bool]) -> list[str]:
+    def _settle(self, queue: str, works: list[tuple[str, WorkName]], clean: bool,
+                act: Callable[[str, WorkName], bool]) -> list[str]:
         """``act`` on each consumed message (False: its work file was gone);
         the names done, or LeaseLostError naming those that were gone."""
         done: list[str] = []
         missing: list[str] = []
-        for work in works:
-            (done if act(work) else missing).append(work.format())
+        for name, work in works:
+            (done if act(name, work) else missing).append(name)
         if clean:
             self._housekeeper.maybe_clean(queue)
         if missing:
@@ -290,13 +290,13 @@ class Broker:
                                         and 1 <= timeout <= MAX_TIMEOUT):  # refuses NaN, inf
             raise InvalidMessageError(f"a lease must be a number of seconds from 1 to "
                                       f"{MAX_TIMEOUT}, not {short_repr(timeout)}")
-        queue, (work,) = self._targets(msg, None)
+        queue, ((old, work),) = self._targets(msg, None)
         folder = self._root.queue_dir(queue)
         settings = self._root.effective(queue)
         if timeout is None:
             timeout = msg.timeout if msg.timeout is not None else settings["message_timeout"]
         expiry = lease_expiry(self.clock.now(), timeout)
-        old, new = work.format(), work.with_expiry(expiry).format()
+        new = work.with_expiry(expiry).format()
         if not protocol.extend(folder, old, new, settings["retry_timeout"]):
             raise LeaseLostError(f"lease lost for {old} in {queue}", [old])
         msg.filename, msg.expiry = new, expiry
@@ -309,9 +309,8 @@ class Broker:
         LeaseLostError if the lease was already lost."""
         if reason not in DEAD_REASONS:
             raise ValueError(f"reason must be one of {DEAD_REASONS}, not {reason!r}")
-        queue, (work,) = self._targets(msg, None)
+        queue, ((name, work),) = self._targets(msg, None)
         folder = self._root.queue_dir(queue)
-        name = work.format()
         private = self._delivery.take(queue, os.path.join(folder, WORK, name), work.waiting)
         if private is None:
             raise LeaseLostError(f"lease lost for {name} in {queue}", [name])

@@ -29,7 +29,7 @@ from .backoff import wait_until
 from .clock import lease_expiry
 from .delivery import Delivery
 from .errors import FilesystemError, InvalidMessageError, InvalidNameError, UnsafeFileError
-from .layout import WORK, WaitingName, WorkName, claimer_tag, message_id
+from .layout import WORK, WaitingName, WorkName, claimer_tag
 from .listing import Listings
 from .message import Message, short_repr
 from .root import Root
@@ -120,7 +120,8 @@ class Claimer:
         work_name = work.format()
         if not protocol.claim(folder, name, work_name, retry):
             return None
-        msg = self._read_claimed(queue, folder, work, message_id(name), retry)
+        # ``name`` parsed as a WaitingName when it was listed: its id is the rest.
+        msg = self._read_claimed(queue, folder, work, name.rpartition(".ddmq")[2], retry)
         if msg is None:
             return None
         msg.filename, msg.expiry = work_name, expiry

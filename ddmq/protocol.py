@@ -402,9 +402,11 @@ def _write_new(path: str, data: bytes, mode: int, fsync: bool) -> None:
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """``os.write`` until all of ``data`` is written."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    written = os.write(fd, data)
+    if written < len(data):  # rare: a signal, or a very large write
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view):]
 
 
 # --- primitives ------------------------------------------------------------------

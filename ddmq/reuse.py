@@ -68,7 +68,10 @@ class SparePool:
         # are many (e.g. the reply queues of many executors, one after the other).
         if folder not in self._folders and len(self._folders) >= 1024:
             self._folders = {k: v for k, v in self._folders.items() if v.ours}
-        return self._folders.setdefault(folder, _FolderSpares())
+        spares = self._folders.get(folder)
+        if spares is None:
+            spares = self._folders[folder] = _FolderSpares()
+        return spares
 
     def retire(self, path: str, folder: str) -> bool | None:
         """Make ``path`` a spare in ``folder``: True if done, False if
