@@ -32,3 +32,9 @@ def one_mb(x: Any) -> bytes:
     if not _PAYLOAD:
         _PAYLOAD.append(os.urandom(MB))
     return _PAYLOAD[0]
+
+
+def sleep100(x: Any) -> Any:
+    """100 ms of waiting (benchmarks/many_workers.py)."""
+    time.sleep(0.1)
+    return x

@@ -27,12 +27,23 @@ Output: a markdown table on stdout (for the README), all numbers in JSON
 Usage::
 
     python benchmarks/executor_throughput.py [--reps 3] [--dir DIR] [--only ddmq,ppe] [--quick]
+
+``--run`` measures instead what a named run (``DDMQExecutor(root,
+run=NAME)``) costs per call: W1 (5 maps per repetition) and W3 on an
+executor with ``run=`` and on one without, both started once, taking turns
+map by map (the order swapped every repetition), each map on arguments no
+map had before (a run would return known calls without running them), and
+W3 again on a list of ints that are not consecutive; it reports the medians
+and the overhead per call::
+
+    python benchmarks/executor_throughput.py --run [--reps 15] [--dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import platform
@@ -41,7 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -50,6 +61,7 @@ for path in (REPO, HERE):  # the repo's ddmq, and bench_tasks for every executor
         sys.path.insert(0, path)
 
 from bench_tasks import MB, noop, one_mb, sleep20  # noqa: E402
+noop_too = functools.partial(noop)  # noop under another run key (see measure_run_overhead)
 from ddmq.executor import DDMQExecutor  # noqa: E402
 
 WORKERS = 2
@@ -86,6 +98,8 @@ def available(kinds: list[str]) -> list[str]:
 # --- workloads --------------------------------------------------------------------------------
 
 W3_MAPS = 15
+#: W1 maps per repetition of --run (one is too few to tell 10 % apart).
+W1_MAPS = 5
 
 
 def run_workloads(ex: concurrent.futures.Executor, scale: float) -> dict[str, float]:
@@ -166,6 +180,63 @@ def _cpu_of_tree() -> float:
     return total
 
 
+# --- the cost of a named run -------------------------------------------------------------------
+
+def measure_run_overhead(folder: str, reps: int, scale: float) -> dict[str, dict[str, float]]:
+    """Seconds per call of W1 and W3, with ``run=`` and without (see the
+    module docstring): {"W1": {"plain": s, "run": s}, ...} (medians). Also
+    W3 on a list of ints that are not consecutive (the keys of such calls
+    are kept one by one, where those of a range are kept as spans)."""
+    n1, n3 = max(10, int(10_000 * scale)), max(10, int(2_000 * scale))
+    roots = [tempfile.mkdtemp(prefix="ddmq-bench-", dir=folder) for _ in range(2)]
+    executors = {"plain": DDMQExecutor(roots[0], max_workers=WORKERS),
+                 "run": DDMQExecutor(roots[1], max_workers=WORKERS, run="bench")}
+    start = [0]
+
+    def fresh(n: int, spread: bool) -> Sequence[int]:  # arguments no map had before
+        start[0] += 2 * n
+        return range(start[0] - 2 * n, start[0], 2) if spread else range(start[0] - n, start[0])
+
+    def one_map(ex: concurrent.futures.Executor, n: int, chunksize: int | None,
+                spread: bool = False) -> float:
+        args = list(fresh(n, True)) if spread else fresh(n, False)
+        fn = noop_too if spread else noop  # a function of its own: its keys are apart
+        t = time.perf_counter()
+        assert list(ex.map(fn, args, chunksize=chunksize)) == list(args)
+        return (time.perf_counter() - t) / n
+
+    workloads = {"W1": (n1, None, False, W1_MAPS), "W3": (n3, 100, False, W3_MAPS),
+                 "W3, args not a range": (n3, 100, True, W3_MAPS)}
+    took: dict[str, dict[str, list[float]]] = {w: {k: [] for k in executors} for w in workloads}
+    try:
+        for ex in executors.values():
+            ex.submit(noop, -1).result(timeout=120)  # workers up and warm
+            one_map(ex, n1, None)
+        for rep in range(reps):
+            order = list(executors) if rep % 2 == 0 else list(executors)[::-1]
+            print(f"# rep {rep + 1}/{reps}: {' then '.join(order)} ...", file=sys.stderr, flush=True)
+            for workload, (n, chunksize, spread, maps) in workloads.items():
+                for _ in range(maps):
+                    for kind in order:
+                        took[workload][kind].append(one_map(executors[kind], n, chunksize, spread))
+    finally:
+        for ex in executors.values():
+            ex.shutdown(wait=True)
+        for root in roots:
+            shutil.rmtree(root, ignore_errors=True)
+    return {w: {k: statistics.median(v) for k, v in by_kind.items()} for w, by_kind in took.items()}
+
+
+def run_table(cost: dict[str, dict[str, float]]) -> str:
+    lines = ["| workload | without run (µs/call) | with run= (µs/call) | overhead per call |",
+             "|---|---|---|---|"]
+    for workload, by_kind in cost.items():
+        plain, run = by_kind["plain"] * 1e6, by_kind["run"] * 1e6
+        lines.append(f"| {workload} | {plain:.2f} ({1e6 / plain:,.0f} tasks/s) | {run:.2f} "
+                     f"({1e6 / run:,.0f} tasks/s) | {run - plain:+.2f} µs ({(run / plain - 1) * 100:+.1f} %) |")
+    return "\n".join(lines)
+
+
 # --- reporting --------------------------------------------------------------------------------
 
 COLUMNS = ["W1 tasks/s", "W2 tasks/s", "W3 tasks/s", "W4 efficiency", "W5 MB/s", "W6 p50 ms",
@@ -234,8 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tenth of every workload, 1 rep")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "executor_throughput.json"))
     parser.add_argument("--png", default=os.path.join(HERE, "results", "executor_throughput.png"))
+    parser.add_argument("--run", action="store_true",
+                        help="measure the cost per call of run= on W1 and W3 instead (see above)")
     args = parser.parse_args(argv)
     scale, reps = (0.1, 1) if args.quick else (1.0, args.reps)
+    if args.run:
+        print(run_table(measure_run_overhead(args.dir, reps, scale)))
+        return 0
     kinds = available(args.only.split(","))
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     for rep in range(reps):

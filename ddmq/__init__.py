@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from .broker import Broker, broker
 from .errors import (DdmqError, FilesystemError, InvalidMessageError, InvalidNameError,
-                     LeaseLostError, MessageNotFoundError, QueueNotFoundError, RootError,
-                     RootMissingError, RootUninitiatedError, SettingsError)
+                     InvalidRootError, LeaseLostError, MessageNotFoundError, QueueNotFoundError,
+                     RootError, RootMissingError, RootUninitiatedError, SettingsError)
 from .message import Message, message
 
 __version__ = "1.0.0"
@@ -54,7 +54,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Broker", "broker", "Message", "message", "__version__",
-    "DdmqError", "FilesystemError", "InvalidMessageError", "InvalidNameError",
+    "DdmqError", "FilesystemError", "InvalidMessageError", "InvalidNameError", "InvalidRootError",
     "LeaseLostError", "MessageNotFoundError", "QueueNotFoundError", "RootError",
     "RootMissingError", "RootUninitiatedError", "SettingsError", *_EXECUTOR_NAMES,
 ]

@@ -18,6 +18,7 @@ Housekeeping runs inside publish/consume/ack/nack at most once per
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from typing import Any, Callable, Iterable, Literal, Sequence, overload
@@ -26,7 +27,8 @@ from . import protocol
 from .claiming import Claimer, holds
 from .clock import lease_expiry
 from .delivery import Delivery
-from .errors import InvalidMessageError, InvalidNameError, LeaseLostError, MessageNotFoundError
+from .errors import (FilesystemError, InvalidMessageError, InvalidNameError, LeaseLostError,
+                     MessageNotFoundError)
 from .housekeeping import Housekeeper
 from .layout import DEAD, DEAD_REASONS, WORK, DeadName, WaitingName, WorkName, check_queue_name, message_id
 from .listing import Listings
@@ -244,7 +246,9 @@ class Broker:
         False deletes it. ``count=False`` gives a message back untouched (same
         priority, counter and limit check skipped), for a consumer that stops
         before it could try: it is not a failure. Returns the names nacked;
-        raises LeaseLostError like ack.
+        raises LeaseLostError like ack. On a full filesystem (FilesystemError
+        ENOSPC or EDQUOT) the message stays at work, still leased to the
+        caller, who may nack it again once there is room.
         """
         queue, works = self._targets(queue, msg_files)
         folder = self._root.queue_dir(queue)
@@ -257,8 +261,16 @@ class Broker:
             private = self._delivery.take(queue, work_path, work.waiting)
             if private is None:
                 return False
-            self._delivery.finish_requeue(queue, private, requeue, drop_when_not_requeued=True,
-                                          count=count)
+            try:
+                self._delivery.finish_requeue(queue, private, requeue, drop_when_not_requeued=True,
+                                              count=count)
+            except FilesystemError as err:
+                # No room for the copy (nothing was published): the message goes back
+                # to work/ under its lease, still the caller's, who may nack it again
+                # as space returns, instead of waiting in tmp/ for housekeeping.
+                if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                    protocol.move(private, work_path, retry)
+                raise
             return True
 
         return self._settle(queue, works, clean, give_back)
@@ -361,16 +373,19 @@ class Broker:
         self._housekeeper.clean(queue, thorough=True)
         return True
 
-    def requeue_claims(self, queue: str, claimer: str) -> list[str]:
+    def requeue_claims(self, queue: str, claimer: str, *, count: bool = True) -> list[str]:
         """Requeue now every message of ``queue`` held by a consumer known to
         be dead, whose claimer tag (:func:`ddmq.layout.claimer_tag`, which a
         consumer may publish, e.g. in a heartbeat) is ``claimer``: each is
         handled as if its lease had expired (requeued with its counter + 1,
-        or dead-lettered past its limit). Returns the waiting names handled."""
+        or dead-lettered past its limit). ``count=False`` gives them back
+        untouched, as ``nack(count=False)`` does (the consumer died of
+        something that was not its messages' fault, e.g. its batch job's
+        time limit). Returns the waiting names handled."""
         if not (isinstance(claimer, str) and claimer.isascii() and claimer.isalnum()):
             raise ValueError(f"not a claimer tag: {claimer!r}")
         self._root.require_queue(queue, create=False)
-        return self._housekeeper.requeue_claims(queue, claimer)
+        return self._housekeeper.requeue_claims(queue, claimer, count=count)
 
     def clean_all(self) -> None:
         """Run :meth:`clean` (forced) on every queue of the root."""

@@ -28,6 +28,11 @@ class RootUninitiatedError(RootError):
     """The root folder exists but holds no ``ddmq.yaml``: it is not a ddmq root."""
 
 
+class InvalidRootError(RootError, ValueError):
+    """The root given is not a path to a folder: empty (which would silently
+    mean the current folder), None or another type, or a file."""
+
+
 class QueueNotFoundError(DdmqError):
     """The named queue does not exist in the root."""
 

@@ -153,10 +153,11 @@ class Housekeeper:
                 log.info("removing temporary file of a dead publisher: %s", name)
                 protocol.remove(path, retry)
 
-    def requeue_claims(self, queue: str, claimer: str) -> list[str]:
+    def requeue_claims(self, queue: str, claimer: str, count: bool = True) -> list[str]:
         """Requeue now, as if their leases had expired, the messages of
         ``queue`` claimed by the process whose claimer tag is ``claimer``
-        (see :func:`ddmq.layout.claimer_tag`); the waiting names requeued."""
+        (see :func:`ddmq.layout.claimer_tag`); the waiting names requeued.
+        ``count=False``: given back untouched (see ``Delivery.finish_requeue``)."""
         folder = self.root.queue_dir(queue)
         retry = self.root.retry_timeout(queue)
         work = os.path.join(folder, WORK)
@@ -167,7 +168,8 @@ class Housekeeper:
                 continue
             private = self.delivery.take(queue, os.path.join(work, name), parsed.waiting)
             if private is not None:
-                outcome = self.delivery.finish_requeue(queue, private, None, drop_when_not_requeued=False)
+                outcome = self.delivery.finish_requeue(queue, private, None, drop_when_not_requeued=False,
+                                                       count=count)
                 log.info("%s of %s: its consumer is gone: %s", parsed.waiting, queue, outcome)
                 done.append(parsed.waiting)
         return done

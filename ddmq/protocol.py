@@ -469,13 +469,15 @@ def remove_folder(path: str, retry_timeout: float) -> None:
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def open_regular(path: str, limit: int | None = None) -> tuple[int, os.stat_result]:
+def open_regular(path: str, limit: int | None = None,
+                 dir_fd: int | None = None) -> tuple[int, os.stat_result]:
     """Open ``path`` for reading if it is a regular file (not a link, FIFO,
     folder, socket or device) of at most ``limit`` bytes; (fd, its stat).
+    ``dir_fd``: ``path`` is relative to that open folder (see ``os.open``).
     Raises UnsafeFileError if it is not, FileNotFoundError if missing, and
     OSError for other failures of ``open``."""
     try:
-        fd = os.open(path, READ_FLAGS)
+        fd = os.open(path, READ_FLAGS, dir_fd=dir_fd)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise UnsafeFileError(f"{path} is a symbolic link: not followed") from None
@@ -515,10 +517,10 @@ def remove_folder_if_empty(path: str) -> bool:
         return False
 
 
-def _read_all(path: str, limit: int | None) -> bytes:
+def _read_all(path: str, limit: int | None, dir_fd: int | None = None) -> bytes:
     # os.open/os.read rather than open(): a buffered file object costs an
     # ioctl and two lseeks more per message.
-    fd, st = open_regular(path, limit)
+    fd, st = open_regular(path, limit, dir_fd)
     try:
         chunks: list[bytes] = []
         size = 0
@@ -534,17 +536,19 @@ def _read_all(path: str, limit: int | None) -> bytes:
         os.close(fd)
 
 
-def read(path: str, retry_timeout: float, limit: int | None = None) -> bytes | None:
+def read(path: str, retry_timeout: float, limit: int | None = None,
+         dir_fd: int | None = None) -> bytes | None:
     """The bytes of a file this process owns (claimed or taken); None if gone.
 
     Never follows a symbolic link and never opens anything but a regular
-    file of at most ``limit`` bytes: UnsafeFileError otherwise."""
+    file of at most ``limit`` bytes: UnsafeFileError otherwise. ``dir_fd``:
+    ``path`` is relative to that open folder."""
     try:
-        return _read_all(path, limit)
+        return _read_all(path, limit, dir_fd)
     except OSError as err:
         if err.errno in GONE_ERRNOS:
             return None
-    data = _slow(lambda: _read_all(path, limit), f"read {path}", retry_timeout)
+    data = _slow(lambda: _read_all(path, limit, dir_fd), f"read {path}", retry_timeout)
     return None if data is _GONE else data  # type: ignore[return-value]
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import stat as stat_module
 from typing import Any
 
 from . import protocol, reuse
 from .clock import ServerClock
-from .errors import FilesystemError, InvalidNameError, QueueNotFoundError, RootMissingError, RootUninitiatedError
+from .errors import (FilesystemError, InvalidNameError, InvalidRootError, QueueNotFoundError,
+                     RootMissingError, RootUninitiatedError)
 from .layout import DEAD, SETTINGS_FILE, TMP, WORK, WaitingName, check_queue_name
 from .settings import DEFAULTS, SettingsCache, write_file
 from .watch import FolderWatcher
@@ -53,6 +55,26 @@ _ROOT_TEMPLATE = """\
 _QUEUE_FILES = (TMP, WORK, DEAD, SETTINGS_FILE, "ddmq.yaml.intermediate")
 
 _INSTANCES = itertools.count()
+
+
+def check_root_path(root: Any) -> str:
+    """``root`` as a path (str), if it can name a root folder; else
+    :class:`InvalidRootError`, before anything on disk changes: an empty
+    path (which ``os.path.abspath`` would silently make the current folder),
+    None or another type, a path with a NUL byte, or an existing non-folder."""
+    if not isinstance(root, (str, bytes, os.PathLike)):
+        raise InvalidRootError(f"the root must be the path of a folder, not {type(root).__name__} "
+                               f"({root!r})")
+    path = os.fsdecode(os.fspath(root))
+    if not path.strip():
+        raise InvalidRootError(f"the root path is empty ({root!r}); give the folder explicitly "
+                               "(\".\" for the current folder)")
+    if "\0" in path:
+        raise InvalidRootError(f"the root path {path!r} holds a NUL character")
+    st = protocol.stat(path, DEFAULTS["retry_timeout"])
+    if st is not None and not stat_module.S_ISDIR(st.st_mode):
+        raise InvalidRootError(f"the root {path} is not a folder")
+    return path
 
 
 class Root:

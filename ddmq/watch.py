@@ -68,6 +68,10 @@ class FolderWatcher:
         so that a change between the look and :meth:`wait` is not missed."""
         self._fd_for(folder)
 
+    def watches(self, folder: str) -> bool:
+        """True if ``folder`` is watched with inotify (else :meth:`wait` only sleeps)."""
+        return self._fd_for(folder) is not None
+
     def wait(self, folder: str, timeout: float) -> bool:
         """Block up to ``timeout`` s; True if ``folder`` changed meanwhile."""
         fd = self._fd_for(folder)

@@ -27,10 +27,16 @@
 # below. DDMQ_PYTHON names the interpreter (default: python3 on PATH).
 #
 # Stopping:
-# - about 2 minutes before the time limit (--signal below) Slurm sends SIGUSR1
-#   to this script, which passes SIGTERM on to its workers: they stop taking
-#   tasks, let the running one finish within --grace seconds, else give it
-#   back to the queue for a worker of another job (no retry used up);
+# - each worker knows when the job ends (DDMQ_JOB_END_TIME, which this script
+#   asks squeue for once) and starts only the tasks that fit before then
+#   (judged by its last calls of the same function, or the executor's
+#   task_duration hint);
+# - about 2 minutes before the time limit (--signal below, and the workers'
+#   own --drain-margin, default the same) Slurm sends SIGUSR1 to this script,
+#   which passes it on to its workers: they drain, i.e. take no new task and
+#   let the running one finish if it fits; what does not is given back to the
+#   queue 10 s before the limit (--idle-margin) for a worker of another job,
+#   no retry used up, and the workers exit 0;
 # - `scancel` (and the time limit itself) sends SIGTERM, which reaches every
 #   worker once (see the trap below), and SIGKILL KillWait seconds later
 #   (`scontrol show config | grep KillWait`, often 30): keep --grace below it;
@@ -63,6 +69,9 @@ PYTHON=${DDMQ_PYTHON:-python3}
 WORKERS=${DDMQ_WORKERS_PER_JOB:-${SLURM_CPUS_PER_TASK:-1}}
 where="job $SLURM_JOB_ID (array task ${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-}) on $SLURMD_NODENAME"
 echo "ddmq: $where: $WORKERS worker(s) for $ROOT"
+# When the time limit falls, asked once for all the workers of the job.
+end=$(squeue -h -j "$SLURM_JOB_ID" -o %e 2>/dev/null) && end=$(date -d "$end" +%s 2>/dev/null) \
+    && export DDMQ_JOB_END_TIME="$end"
 
 # SIGUSR1: the time limit is near. SIGTERM (scancel, the limit itself): with
 # proctrack/cgroup (most clusters) Slurm sends it to this script alone, which
@@ -76,7 +85,7 @@ if [ -z "$forward_term" ]; then
         *) forward_term=1 ;;
     esac
 fi
-trap 'echo "ddmq: $where: SIGUSR1: workers drain"; kill -TERM "${pids[@]}" 2>/dev/null' USR1
+trap 'echo "ddmq: $where: SIGUSR1: workers drain"; kill -USR1 "${pids[@]}" 2>/dev/null' USR1
 trap 'echo "ddmq: $where: SIGTERM: workers stop"
       [ "$forward_term" = 0 ] || kill -TERM "${pids[@]}" 2>/dev/null' TERM
 

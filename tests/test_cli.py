@@ -577,3 +577,78 @@ def test_workers_bad_input(capsys, root, argv):
     code, out, err = run(capsys, *[root if a == "ROOT" else a for a in argv])
     assert code in (1, 2) and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert snapshot(root) == before
+
+
+# --- workers and reply queues, as a map runs (issue 11, section 6) ---------------------------
+
+def _wait_for_gate(value, gate):
+    """A task of the map below: waits (at most 2 minutes) until ``gate`` exists."""
+    deadline = time.monotonic() + 120
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+def _workers_json(capsys, root) -> dict:
+    return json.loads(ok(capsys, "workers", "--format", "json", root))
+
+
+def _until(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_workers_shows_running_then_idle_during_a_map_and_how_a_lost_worker_died(capsys, tmp_path):
+    from ddmq.executor import DDMQExecutor
+    root, gate = str(tmp_path / "root"), str(tmp_path / "go")
+    with DDMQExecutor(root, max_workers=2) as ex:
+        results = ex.map(_wait_for_gate, range(6), [gate] * 6, chunksize=1)
+
+        def both(state):
+            live = _workers_json(capsys, root)["live"]
+            return len(live) == 2 and all(r["state"] == state for r in live)
+
+        _until(lambda: both("running"), "both workers listed as running")
+        live = _workers_json(capsys, root)["live"]
+        assert all(r["task"] and r["task"].startswith(ex._token) for r in live)
+        table = ok(capsys, "workers", root)
+        assert table.count(" running ") == 2 and "2 live, 0 lost" in table
+        open(gate, "w").close()
+        assert list(results) == list(range(6))
+        _until(lambda: both("idle"), "both workers listed as idle after the map")
+        assert all(r["task"] is None for r in _workers_json(capsys, root)["live"])
+        victim = live[0]["pid"]
+        os.kill(victim, 9)
+        _until(lambda: [r["pid"] for r in _workers_json(capsys, root)["lost"]] == [victim],
+               "the killed worker listed as lost")
+        (lost,) = _workers_json(capsys, root)["lost"]
+        assert lost["cause"].startswith("was killed by SIGKILL (the kernel's out-of-memory killer")
+        table = ok(capsys, "workers", root)
+        assert f":{victim} was killed by SIGKILL" in table and " LOST " in table
+    status, out, err = run(capsys, "workers", root)
+    assert status == 0 and "No live or lost workers" not in out  # the lost one is still listed
+    assert f":{victim} was killed by SIGKILL" in out
+
+
+def test_workers_after_every_worker_stopped_cleanly(capsys, root):
+    from ddmq.executor import DDMQExecutor
+    with DDMQExecutor(root, max_workers=1) as ex:
+        assert ex.submit(pow, 2, 3).result(timeout=60) == 8
+    out = ok(capsys, "workers", root)
+    assert out.strip() == f"No live or lost workers on {root} (a worker that stops cleanly " \
+                          "removes its record)"
+
+
+def test_view_hides_the_executors_reply_queues_unless_asked(capsys, root):
+    from ddmq.executor import DDMQExecutor
+    with DDMQExecutor(root, max_workers=0) as ex:
+        table = ok(capsys, "view", root)
+        assert table.splitlines() == ["| *queue* | *msg in queue* | *msg at work* |",
+                                      "| tasks   | 0              | 0             |"]
+        assert ok(capsys, "view", "-n", root).split() == ["tasks"]
+        assert json.loads(ok(capsys, "view", "--format", "json", root)) == {"tasks": [0, 0]}
+        assert ok(capsys, "view", "-n", "--all", root).split() == sorted(["tasks", ex.reply_queue])
+        assert ex.reply_queue in ok(capsys, "view", "-a", root)
+        assert ex.reply_queue in ok(capsys, "view", root, ex.reply_queue)  # named: shown

@@ -16,8 +16,8 @@ import pytest
 
 from ddmq.executor import spill
 from ddmq.executor.envelope import (INLINE_MAX, VERSION, Calls, Result, Refusal, check_task,
-                                    dump_result, dump_task, failure, load_result, load_task,
-                                    rebuild, reply_envelopes, sign)
+                                    dump_result, dump_task, failure, load_refusal, load_result,
+                                    load_task, rebuild, reply_envelopes, sign)
 from ddmq.executor.errors import PayloadMissingError, RemoteTraceback, SignatureError
 from ddmq.executor.spill import SpillStore
 
@@ -114,10 +114,20 @@ def test_unpicklable_calls_raise_pickling_error():
 
 def test_refusals_and_reply_bodies():
     refusal = Refusal("t.1", "host:1", "bad signature")
-    doc = refusal.to_doc()
-    assert doc == {"v": VERSION, "task": "t.1", "worker": "host:1", "rejected": "bad signature"}
+    doc = refusal.to_doc(SECRET, REPLY)
+    assert {k: v for k, v in doc.items() if k != "sig"} == {
+        "v": VERSION, "task": "t.1", "worker": "host:1", "rejected": "bad signature"}
     assert Refusal.from_doc(doc) == refusal
+    assert load_refusal(SECRET, REPLY, doc) == refusal
     assert Refusal.from_doc(dump_result(SECRET, "t.1", REPLY, "host:1", [1], [])) is None
+    assert load_refusal(SECRET, REPLY, dump_result(SECRET, "t.1", REPLY, "host:1", [1], [])) is None
+    # Unsigned, signed with another secret, for another reply queue, or altered: refused.
+    forged = [{k: v for k, v in doc.items() if k != "sig"}, refusal.to_doc(OTHER, REPLY),
+              refusal.to_doc(SECRET, "reply-other"), dict(doc, rejected="forged reason"),
+              dict(doc, worker="evil:1"), dict(doc, sig=None)]
+    for bad in forged:
+        with pytest.raises(SignatureError):
+            load_refusal(SECRET, REPLY, bad)
     assert reply_envelopes([doc, doc]) == [doc, doc]
     assert reply_envelopes([]) == []
     assert reply_envelopes(doc) == [doc]  # a lone envelope, as workers before lists sent

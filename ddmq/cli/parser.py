@@ -15,14 +15,14 @@ import json
 
 import ddmq
 
-from . import dead, messages, queues, slurm, workers
+from . import dead, messages, queues, runs, slurm, status, workers
 from .options import JSON_TYPES, Command, CommandParser, UsageError
 
 #: The commands in the order ``ddmq -h`` lists them (``json`` last).
 _COMMANDS: tuple[Command, ...] = (
     queues.VIEW, queues.CREATE, queues.DELETE,
     messages.PUBLISH, messages.CONSUME, messages.ACK, messages.NACK, messages.DEL_MSG,
-    queues.PURGE, queues.CLEAN, dead.DEAD, workers.WORKERS, slurm.SLURM,
+    queues.PURGE, queues.CLEAN, dead.DEAD, workers.WORKERS, runs.RUNS, slurm.SLURM, status.STATUS,
 )
 
 _JSON_HELP = "Run a command packaged as a JSON object"

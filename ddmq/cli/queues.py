@@ -1,9 +1,11 @@
 """The queue commands: view, create, delete, purge and clean.
 
 Each takes a root and a comma-separated list of queues. ``view`` counts the
-messages waiting and at work (a table, or data with ``--format``); the
-others act on each queue in turn, after checking all of them, and print a
-line per queue and a total for several.
+messages waiting and at work (a table, or data with ``--format``), leaving
+out the executors' own reply queues unless asked (``--all``); the others act on each queue in turn, after checking all of them, and print a
+line per queue and a total for several. ``clean`` then also removes, in
+the whole root, the reply queues and spill folders of dead executors
+(:func:`ddmq.executor.reaper.reap_dead`), a line for each.
 """
 
 from __future__ import annotations
@@ -28,14 +30,22 @@ def _view_arguments(sub: argparse.ArgumentParser) -> None:
     add_root(sub)
     sub.add_argument("queue", nargs="?", help=f"{QUEUES_HELP} to view (default: all)")
     sub.add_argument("-n", action="store_true", help="only print the names of queues (faster)")
+    sub.add_argument("-a", "--all", action="store_true",
+                     help="also list the executors' own reply queues (reply-HOST-PID-TOKEN), "
+                          "which are hidden unless named")
     add_format(sub, "output format: plain table (default), json or yaml", choices=FORMATS + ("default",))
 
 
 def cmd_view(args: argparse.Namespace) -> None:
-    """List queues with their numbers of waiting and at-work messages."""
+    """List queues with their numbers of waiting and at-work messages; the
+    executors' reply queues only with ``--all`` (or when named)."""
     wanted = split(args.queue) if args.queue is not None else []
     b = open_queues(args, wanted)
     queues = sorted(set(wanted)) if wanted else b.list_queues()
+    if not wanted and not args.all:
+        from ddmq.executor.drivers import is_executor_reply  # the executor only when needed
+
+        queues = [queue for queue in queues if not is_executor_reply(queue)]
     log.info("viewing queue(s): %s", ", ".join(queues))
     fmt = "plain" if args.format in (None, "default") else args.format
     if args.n:
@@ -59,7 +69,7 @@ def cmd_view(args: argparse.Namespace) -> None:
 
 
 VIEW = Command("view", "List queues and number of messages",
-               "[-hfnvds] [--format <plain|json|yaml>] <root> [queue1,queue2,...,queueN]",
+               "[-hfnavds] [--format <plain|json|yaml>] <root> [queue1,queue2,...,queueN]",
                cmd_view, _view_arguments, _F_HELP)
 
 
@@ -120,11 +130,21 @@ def cmd_purge(args: argparse.Namespace) -> None:
 
 
 def cmd_clean(args: argparse.Namespace) -> None:
-    """Housekeeping now: requeue or dead-letter expired messages."""
+    """Housekeeping now: requeue or dead-letter expired messages; then, in
+    the whole root, remove the reply queues and spill folders of executors
+    known to be dead (never a named run's ``run-*`` queue)."""
     def clean(b: ddmq.Broker, queue: str) -> str:
         b.clean(queue, force=True)
         return f"Cleaned queue: {queue}"
     _each_queue(args, "Cleaned", clean)
+    _reap_dead_executors(args)
+
+
+def _reap_dead_executors(args: argparse.Namespace) -> None:
+    from ddmq.executor.reaper import reap_dead  # the executor only when asked for
+
+    for reply, reason in reap_dead(open_root(args)):
+        say(args, f"Removed reply queue of a dead executor: {reply}\t({reason})")
 
 
 CREATE = _queue_list_command("create", "Create a queue", cmd_create)

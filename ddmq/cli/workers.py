@@ -3,7 +3,10 @@
 Each worker of :mod:`ddmq.executor` keeps a heartbeat record in the root;
 :func:`ddmq.executor.list_workers` reads them into live and lost workers
 (a lost one stopped beating: killed, crashed, or its node is gone). This
-command prints them as a table, or as data with ``--format``.
+command prints them as a table, then a line per lost worker saying how it
+ended as far as it is known (:func:`ddmq.executor.deaths.record_cause`: the
+signal or exit status its executor saw, or when and where its heartbeats
+stopped); or as data with ``--format`` (``cause`` in each lost record).
 """
 
 from __future__ import annotations
@@ -23,23 +26,35 @@ def _workers_arguments(sub: argparse.ArgumentParser) -> None:
 def cmd_workers(args: argparse.Namespace) -> None:
     """List the workers of the root from their heartbeat records: live, then lost."""
     from ddmq.executor import list_workers  # the executor only when asked for
+    from ddmq.executor.deaths import record_cause
 
     b = open_root(args, [args.queue] if args.queue is not None else [])
     live, lost = list_workers(b.root, args.queue)
+    for record in lost:
+        record.cause = record_cause(record)
+    from ddmq.executor.slurm_pool import explain_lost
+    explain_lost(lost)  # in Slurm jobs: how each job ended (OUT_OF_MEMORY, TIMEOUT...)
     if args.format != "plain":
         print(dump({"live": [r.to_dict() for r in live], "lost": [r.to_dict() for r in lost]},
                    args.format))
         return
-    rows = [("worker", "queue", "state", "task", "done", "last seen")]
+    slurm = any(r.slurm_job for r in live + lost)  # then: the node and job of each worker
+    rows = [("worker", "queue", "state", "task", "done", "last seen")
+            + (("node", "slurm job") if slurm else ())]
     for record in live + lost:
         state = "LOST" if record.lost else record.state
         rows.append((f"{record.host}:{record.pid}", record.queue, state, record.task or "-",
-                     str(record.tasks_done), f"{record.age:.0f} s ago"))
+                     str(record.tasks_done), f"{record.age:.0f} s ago")
+                    + ((record.node or "-", record.slurm_job or "-") if slurm else ()))
     if len(rows) == 1:
-        say(args, f"No workers have run on {b.root}")
+        where = f"queue {args.queue} of {b.root}" if args.queue is not None else b.root
+        say(args, f"No live or lost workers on {where} (a worker that stops cleanly "
+                  "removes its record)")
         return
     for cells in aligned(rows):
         print("  ".join(cells).rstrip())
+    for record in lost:
+        print(f"{record.host}:{record.pid} {record.cause}")
     say(args, f"{len(live)} live, {len(lost)} lost")
 
 

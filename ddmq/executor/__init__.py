@@ -24,15 +24,23 @@ core never imports them):
 - :mod:`.spill`      spill files: large payloads beside their message
 - :mod:`.secret`     the root's secret, which signs the envelopes
 - :mod:`.heartbeat`  the workers' heartbeat records
+- :mod:`.deaths`     dead workers noticed in seconds: their tasks requeued, how they died
+- :mod:`.watchdog`   the warning when nobody serves the queue; time-outs that say why
 - :mod:`.runs`       named runs: call outcomes kept in the root for a restarted driver
+- :mod:`.attach`     an executor in a named run: what to publish, take from the run, adopt
+- :mod:`.interrupt`  Ctrl-C in the driver: the work stops in seconds, nothing left behind
+- :mod:`.drivers`    the executors' own records: which are alive, which are dead
+- :mod:`.reaper`     what dead executors leave, removed; their tasks dropped, not run
 - :mod:`.errors`     the exceptions
 """
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (BrokenDDMQExecutor, RemoteTraceback, SecretError, SignatureError,
-                     TaskRejectedError, WorkerLostError)
+from .errors import (BrokenDDMQExecutor, RemoteTraceback, ResultTimeoutError, SecretError,
+                     SignatureError, TaskRejectedError, WorkerLostError)
 from .heartbeat import WorkerRecord, list_workers
+from .runs import RunError, RunInUseError
+from .watchdog import NoWorkerWarning
 
 if TYPE_CHECKING:  # pragma: no cover
     from .executor import DDMQExecutor
@@ -40,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DDMQExecutor", "BrokenDDMQExecutor", "TaskRejectedError", "WorkerLostError",
     "RemoteTraceback", "SecretError", "SignatureError", "WorkerRecord", "list_workers",
+    "ResultTimeoutError", "NoWorkerWarning", "RunError", "RunInUseError",
 ]
 
 

@@ -6,9 +6,16 @@ thread only publishes; everything that comes back is handled here::
     ROOT/reply-.../ --consume--> Collector --check, unpickle (envelope)--> TaskTable.settle --> Future
                     <---ack-----     |
                                      +-- every HOUSEKEEPING_INTERVAL s (the housekeeping round):
-                                           clean(task queue): requeue the tasks of lost workers
-                                           dead letters of the task queue: fail their futures
-                                           LocalPool.mind(): replace local workers that died
+                                           clean(task queue): requeue the tasks of expired leases
+                                           DriverUpkeep.round(): beat this executor's record;
+                                             every minute remove what dead executors left (reaper)
+                                           LocalPool.mind(): reap and replace local workers that
+                                             died; DeathWatch requeues what they held at once
+                                           while tasks are unresolved:
+                                             DeathWatch.scan(): the same for lost workers elsewhere
+                                             dead letters of the task queue: fail their futures,
+                                               saying how each attempt's worker died
+                                           Watchdog (no local workers): warn if nobody serves the queue
 
 The reply queue is consumed with the broker's wait (inotify on a local
 filesystem, else polling with back-off), at most :data:`REPLY_BATCH`
@@ -33,9 +40,11 @@ from ..backoff import Backoff
 from ..errors import DdmqError, LeaseLostError, QueueNotFoundError
 from ..layout import DEAD, DeadName, message_id
 from ..message import Message
-from .envelope import Refusal, load_result, rebuild, reply_envelopes
+from .deaths import DeathWatch, lost_error
+from .envelope import load_refusal, load_result, rebuild, reply_envelopes
 from .errors import BrokenDDMQExecutor, SignatureError, TaskRejectedError, WorkerLostError
 from .tasks import TaskRecord
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .executor import DDMQExecutor
@@ -62,6 +71,12 @@ class Collector(threading.Thread):
         self._tasks = executor._tasks
         self._reply_queue = executor.reply_queue
         self._spills = executor._spills
+        # Dead workers (local ones as the pool reaps them) and, with no local
+        # workers, the warning when nobody serves the queue.
+        self.deaths = DeathWatch(executor._broker, executor.queue, executor._tasks)
+        self.deaths.explain = executor._explain_death  # how a worker's Slurm job ended
+        executor._pool.on_exit = self.deaths.local_exit
+        self._watchdog = None if executor.max_workers else Watchdog(executor.root, executor.queue)
 
     def run(self) -> None:
         executor = self._executor
@@ -88,10 +103,14 @@ class Collector(threading.Thread):
                     continue
                 if isinstance(got, list) and got:  # n > 1: always a list
                     self._handle(got)
+                if executor._run is not None:
+                    self._ack(executor._run.tick())
         except BaseException as err:  # a bug: say so on every unresolved future
             log.exception("the collector thread of %r failed", executor)
             executor._break(f"the collector thread failed: {type(err).__name__}: {err}")
         finally:
+            if executor._run is not None:  # its last outcomes written, then their replies acked
+                self._ack(executor._run.tick())
             executor._cleanup()
 
     # --- replies ------------------------------------------------------------------
@@ -103,8 +122,27 @@ class Collector(threading.Thread):
                     self._resolve(doc)
                 except Exception:  # noqa: BLE001 (one bad reply must not stop the others)
                     log.exception("cannot handle a reply in message %s", msg.id)
+        names = [msg.filename for msg in msgs if msg.filename]
+        if self._executor._run is not None:
+            names = self._executor._run.ackable(names)  # once their outcomes are written
+        self._ack(names)
+
+    def drain(self) -> None:
+        """Handle every reply now in the reply queue (before the thread starts:
+        a restarted run's driver, see :mod:`.attach`), and ack them."""
+        while True:
+            got = self._broker.consume(self._reply_queue, n=REPLY_BATCH)
+            if not got:
+                break
+            self._handle(got)
+        if self._executor._run is not None:
+            self._ack(self._executor._run.tick())
+
+    def _ack(self, names: list[str]) -> None:
+        if not names:
+            return
         try:
-            self._broker.ack(self._reply_queue, [msg.filename for msg in msgs if msg.filename])
+            self._broker.ack(self._reply_queue, names)
         except LeaseLostError:
             pass
         except DdmqError as err:
@@ -117,13 +155,21 @@ class Collector(threading.Thread):
             log.warning("ignoring a reply that is not a JSON object: %.80r", doc)
             return
         task = self._tasks.get(doc.get("task"))
+        if task is None and executor._run is not None and executor._run.late_result(
+                doc, lambda doc: load_result(executor._secret, self._reply_queue, doc, self._spills)):
+            return  # the outcomes of a task sent by an earlier driver of the run: kept
         if task is None:
             self._spills.discard(doc, self._reply_queue)
             log.info("dropping a reply for task %s from worker %s: not pending (a duplicate "
                      "from a worker that lost its lease, or the task was cancelled)",
                      doc.get("task"), doc.get("worker"))
             return
-        refusal = Refusal.from_doc(doc)
+        try:
+            refusal = load_refusal(executor._secret, self._reply_queue, doc)
+        except SignatureError as err:
+            log.error("ignoring a refusal of task %s (%s): %s; something other than a worker "
+                      "of this root wrote into %s", task.id, task.fn_name, err, self._reply_queue)
+            return
         if refusal is not None:
             self._tasks.settle(task, None, TaskRejectedError(
                 f"task {task.id} ({task.fn_name}) was refused by worker {refusal.worker}: "
@@ -146,6 +192,8 @@ class Collector(threading.Thread):
             return
         errors = [(index, rebuild(exc, tb)) for index, exc, tb in result.failures]
         values = result.values
+        if executor._run is not None:  # a named run keeps the outcomes (before the ack)
+            executor._run.record(task, values, errors)
         if values is None:  # the task failed as a whole (e.g. it could not be loaded)
             self._tasks.settle(task, None, errors[0][1] if errors
                                else DdmqError(f"task {task.id} failed"))
@@ -162,18 +210,30 @@ class Collector(threading.Thread):
     # --- the housekeeping round -------------------------------------------------------
 
     def _housekeeping_round(self) -> None:
-        """Requeue expired leases, fail dead-lettered tasks, mind local workers."""
+        """Requeue expired leases, mind local workers (requeueing at once what
+        dead ones held), requeue what lost workers elsewhere held, fail
+        dead-lettered tasks (in that order: a task whose last try just died
+        fails in this round)."""
         executor = self._executor
         try:
             self._broker.clean(executor.queue, force=True)
         except DdmqError as err:
             log.warning("housekeeping of queue %s failed: %s", executor.queue, err)
-        if self._tasks.has_messages():
-            self._fail_dead_letters()
+        executor._upkeep.round()  # this executor's record; reap dead executors (see reaper)
         try:
             executor._pool.mind(busy=bool(len(self._tasks)))
         except BrokenDDMQExecutor as err:
             executor._break(str(err))
+        executor._environment.scan()  # a worker on another Python or cloudpickle: warn once
+        if executor._slurm is not None:
+            executor._slurm.mind(self._broker)  # Slurm jobs: how they ended; adaptive scaling
+        waiting = self._tasks.has_messages()
+        if waiting:
+            self.deaths.scan()
+            self._fail_dead_letters()
+        if self._watchdog is not None:
+            seen = self.deaths.seen
+            self._watchdog.check(len(self._tasks) if waiting else 0, seen[0] if seen else 0)
 
     def _fail_dead_letters(self) -> None:
         """Fail the futures of our tasks found in the task queue's dead letters."""
@@ -196,10 +256,7 @@ class Collector(threading.Thread):
             attempts = executor.retries + 1
             log.error("task %s (%s) dead-lettered after %d attempt(s): its worker was lost each time",
                       task.id, task.fn_name, attempts)
-            return WorkerLostError(
-                f"task {task.id} ({task.fn_name}) failed after {attempts} attempt(s): the worker "
-                f"running it was lost each time (killed, crashed, or its lease of {executor.lease} s "
-                f"expired) and retries={executor.retries} were used up; its message is in {where}")
+            return lost_error(task, attempts, executor.lease, executor.retries, where)
         if reason == "expired":
             return WorkerLostError(
                 f"task {task.id} ({task.fn_name}) failed: the worker running it was lost and its "

@@ -18,7 +18,16 @@ reads as a list of one)::
     result  {"v": 2, "task": ID, "worker": "HOST:PID",
              "payload": base64(pickle(([value, ...] or None, [(index, exception, traceback_text), ...]))),
              "sig": hex HMAC("result", ID, REPLY_QUEUE, payload bytes)}
-    refusal {"v": 2, "task": ID, "worker": "HOST:PID", "rejected": REASON}
+    refusal {"v": 2, "task": ID, "worker": "HOST:PID", "rejected": REASON,
+             "sig": hex HMAC("refusal", ID, REPLY_QUEUE, "HOST:PID\0REASON")}
+
+A task of a named run (:mod:`ddmq.executor.runs`) also carries the keys of
+its calls, which its result echoes (the worker copies both fields), so that
+a restarted driver of the run knows which calls a task or a result is for
+(optional fields: envelopes without them read as before)::
+
+    "keys": base64(marshal((function key, [call key, ...]))),
+    "ksig": hex HMAC("keys", ID, REPLY_QUEUE, keys text)
 
 One task may carry several calls of the same function (a chunk of
 ``Executor.map``, whose calls have no keyword arguments: None); its result
@@ -27,7 +36,8 @@ calls that raised; values None means the task failed as a whole (index
 None). The lists are plain, so a chunk of a hundred calls costs the pickler
 a hundred arguments and a hundred values, nothing per call beyond them. A
 refusal carries no pickle: it only tells the executor which task a worker
-would not run and why.
+would not run and why; it is signed all the same, since it fails a future,
+and an executor ignores (and logs) a refusal whose signature does not match.
 
 A payload over :data:`INLINE_MAX` bytes is pickled straight into a spill
 file (:mod:`ddmq.executor.spill`), never whole in memory (see
@@ -58,7 +68,8 @@ from .spill import SpillStore, SpillWriter, payload_path, read_payload, spill_fo
 
 __all__ = ["VERSION", "INLINE_MAX", "Task", "Calls", "Result", "Refusal", "Failure",
            "SignatureError", "PayloadMissingError", "sign", "dump_task", "check_task",
-           "load_task", "dump_result", "load_result", "failure", "rebuild", "reply_envelopes"]
+           "load_task", "dump_result", "load_result", "load_refusal", "failure", "rebuild",
+           "reply_envelopes", "check_keys", "echo_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +115,39 @@ class Refusal(NamedTuple):
     worker: str
     reason: str
 
-    def to_doc(self) -> dict[str, Any]:
-        return {"v": VERSION, "task": self.task, "worker": self.worker, "rejected": self.reason}
+    def to_doc(self, secret: bytes, reply: str) -> dict[str, Any]:
+        """The refusal envelope, signed for the reply queue ``reply`` (see :func:`load_refusal`)."""
+        return {"v": VERSION, "task": self.task, "worker": self.worker, "rejected": self.reason,
+                "sig": sign(secret, "refusal", self.task, reply, self._signed_bytes())}
+
+    def _signed_bytes(self) -> bytes:
+        return f"{self.worker}\0{self.reason}".encode("utf-8", "surrogatepass")
 
     @staticmethod
     def from_doc(doc: dict[str, Any]) -> Refusal | None:
-        """The refusal ``doc`` is, or None if it is another envelope."""
+        """The refusal ``doc`` is, or None if it is another envelope. Not
+        checked: an executor reads refusals with :func:`load_refusal`."""
         if "rejected" not in doc:
             return None
         return Refusal(str(doc.get("task")), str(doc.get("worker")), str(doc.get("rejected")))
+
+
+def load_refusal(secret: bytes, reply: str, doc: dict[str, Any]) -> Refusal | None:
+    """The refusal envelope ``doc`` sent to ``reply``, checked; None if ``doc``
+    is another envelope. Raises SignatureError if it is unsigned or its
+    signature does not match: anyone can publish to a reply queue, so a
+    refusal that is not a worker's must not fail a task."""
+    refusal = Refusal.from_doc(doc)
+    if refusal is None:
+        return None
+    sig = doc.get("sig")
+    if doc.get("v") != VERSION or not isinstance(sig, str) or not isinstance(doc.get("task"), str):
+        raise SignatureError(f"refusal of task {refusal.task} is not signed")
+    if not hmac.compare_digest(sign(secret, "refusal", refusal.task, reply,
+                                    refusal._signed_bytes()), sig):
+        raise SignatureError(f"refusal of task {refusal.task}: signature does not match the "
+                             "root's secret")
+    return refusal
 
 
 # --- reply bodies ---------------------------------------------------------------
@@ -127,7 +162,7 @@ def reply_envelopes(body: Any) -> list[Any]:
 
 def _mac(secret: bytes, kind: str, task: str, reply: str) -> hmac.HMAC:
     """The HMAC-SHA256 of one envelope, fed its header; the payload bytes follow.
-    ``kind`` ("task" or "result") keeps a result from being passed off as a
+    ``kind`` ("task", "result" or "refusal") keeps a result from being passed off as a
     task; the task id and the reply queue tie the payload to its envelope."""
     header = f"ddmq-v{VERSION}\0{kind}\0{task}\0{reply}\0".encode("utf-8")
     return hmac.new(secret, header, hashlib.sha256)
@@ -280,12 +315,16 @@ def _open_envelope(secret: bytes, kind: str, doc: Any, reply: str | None,
 
 def dump_task(secret: bytes, task: str, reply: str, fn: Callable[..., Any],
               arglists: Sequence[tuple[Any, ...]], kwargs: Sequence[dict[str, Any]] | None = None,
-              spills: SpillStore | None = None) -> dict[str, Any]:
+              spills: SpillStore | None = None, keys: str | None = None) -> dict[str, Any]:
     """The signed envelope of calls ``fn(*arglists[i], **kwargs[i])`` (no
     keyword arguments when ``kwargs`` is None); a large payload goes to a
-    spill file of ``reply`` in ``spills``. Raises ``pickle.PicklingError``
+    spill file of ``reply`` in ``spills``; ``keys``: the run keys of the
+    calls (see :func:`check_keys`). Raises ``pickle.PicklingError``
     (with the reason) if the function or an argument cannot be pickled."""
     doc = {"v": VERSION, "task": task, "reply": reply}
+    if keys is not None:
+        doc["keys"] = keys
+        doc["ksig"] = _keys_sig(secret, task, reply, keys)
     try:
         return _pickle_into(secret, "task", doc, reply,
                             (fn, list(arglists), None if kwargs is None else list(kwargs)), spills)
@@ -302,6 +341,40 @@ def check_task(secret: bytes, doc: Any, root: str | os.PathLike) -> Task:
     def folder_of(reply: str) -> str | None:
         return spill_folder(root, reply) if valid_name(reply) else None
     return _open_envelope(secret, "task", doc, None, folder_of)
+
+
+def check_keys(secret: bytes, doc: dict[str, Any], reply: str | None = None) -> str | None:
+    """The run keys a task envelope, or the result that echoes them, carries
+    (the text :func:`dump_task` was given); None if it carries none. Raises
+    SignatureError if they are not signed with ``secret`` for the envelope's
+    task and reply queue (``reply``: the queue the result came from)."""
+    keys = doc.get("keys")
+    if keys is None:
+        return None
+    task, sig = doc.get("task"), doc.get("ksig")
+    reply = doc.get("reply") if reply is None else reply
+    if not (isinstance(keys, str) and keys.isascii() and isinstance(sig, str)
+            and isinstance(task, str) and isinstance(reply, str)):
+        raise SignatureError(f"the call keys of task {task!r} are malformed or not signed")
+    if not hmac.compare_digest(_keys_sig(secret, task, reply, keys), sig):
+        raise SignatureError(f"the call keys of task {task}: signature does not match the "
+                             "root's secret")
+    return keys
+
+
+def _keys_sig(secret: bytes, task: str, reply: str, keys: str) -> str:
+    """``sign(secret, "keys", task, reply, keys)``, in one call of the C HMAC
+    (the keys of every task of a run are signed: it is worth the speed)."""
+    header = f"ddmq-v{VERSION}\0keys\0{task}\0{reply}\0".encode("utf-8")
+    return hmac.digest(secret, header + keys.encode("ascii"), "sha256").hex()
+
+
+def echo_keys(task_doc: Any, result_doc: dict[str, Any]) -> None:
+    """Copy the run keys of a task envelope, with their signature, into its
+    result envelope: the executor that reads the result may not be the one
+    that sent the task (a run's driver restarted)."""
+    if isinstance(task_doc, dict) and "keys" in task_doc:
+        result_doc["keys"], result_doc["ksig"] = task_doc["keys"], task_doc.get("ksig")
 
 
 def load_task(payload: bytes) -> Calls:

@@ -1,7 +1,8 @@
 """The exceptions of the executor and its workers, each named for what went wrong.
 
 All derive from :class:`ddmq.errors.DdmqError` (``BrokenDDMQExecutor`` also
-from ``concurrent.futures.BrokenExecutor``), except :class:`RemoteTraceback`,
+from ``concurrent.futures.BrokenExecutor``, ``ResultTimeoutError`` also from
+``concurrent.futures.TimeoutError``), except :class:`RemoteTraceback`,
 which is not raised but attached: it carries a worker's traceback text as the
 ``__cause__`` of the exception a future re-raises.
 """
@@ -9,13 +10,23 @@ which is not raised but attached: it carries a worker's traceback text as the
 from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
+from concurrent.futures import TimeoutError as FuturesTimeoutError  # builtin TimeoutError since 3.11
 
 from ..errors import DdmqError
 
 
 class WorkerLostError(DdmqError):
     """A task was given up: the workers that ran it were lost (killed,
-    crashed, out of lease) every time, up to the executor's ``retries``."""
+    crashed, out of lease) every time, up to the executor's ``retries``.
+    Its message says how each of them ended, as far as it is known (one line
+    per attempt; see :mod:`ddmq.executor.deaths`)."""
+
+
+class ResultTimeoutError(FuturesTimeoutError, DdmqError):
+    """A result was not ready in time (``result``/``exception`` of a future,
+    ``map``). A ``concurrent.futures.TimeoutError``, whose message says how
+    many of the executor's tasks wait, run and are done, and how many
+    workers are live on its queue."""
 
 
 class TaskRejectedError(DdmqError):

@@ -15,8 +15,10 @@ The data flow, and the module that owns each step::
   |           |         | Collector    | <====== | reply-HOST-PID-X/ | <====== |          |
   |           |         | thread       |   ack   |  PRIO.QNUM.ddmqID |         |          |
   +-----------+         +--------------+         +-------------------+         +----------+
-                          every 2 s: clean(tasks) requeues expired leases;
-                          list_dead(tasks) fails poison tasks; LocalPool replaces dead workers
+                          every 2 s: clean(tasks) requeues expired leases; LocalPool replaces
+                          dead workers and DeathWatch requeues their tasks at once, and those
+                          of workers elsewhere whose heartbeat stopped; list_dead(tasks) fails
+                          poison tasks, saying how each worker died
 
 ``submit()`` / ``map()`` (this module):
 - pickle the function and a batch of calls and sign them with the root's
@@ -35,13 +37,23 @@ Worker (``python -m ddmq.worker ROOT``, :mod:`.worker`):
 Collector thread (:mod:`.collector`, one per executor):
 - consumes the reply queue, verifies each result, settles its future and
   acks it; every :data:`~.collector.HOUSEKEEPING_INTERVAL` seconds requeues
-  the expired leases of the task queue, fails the futures of dead-lettered
-  tasks (:class:`WorkerLostError`), and has the local worker pool
-  (:mod:`.pool`) replace workers that died.
+  the expired leases of the task queue, has the local worker pool
+  (:mod:`.pool`) replace workers that died, requeues at once the tasks of
+  dead workers, local or elsewhere (:mod:`.deaths`), fails the futures of
+  dead-lettered tasks (:class:`WorkerLostError`, saying how each worker
+  died), and warns when nobody serves the queue (:mod:`.watchdog`).
+
+With ``run="NAME"`` (:mod:`.attach`, :mod:`.runs`): ``submit``/``map`` first
+look the calls up in ``ROOT/.runs/NAME/``; the reply queue is ``run-NAME``;
+the collector writes each batch's outcomes to the run before it acks them.
 
 ``Future.cancel()`` deletes the task's message if no worker has claimed it.
 ``shutdown()`` waits for the unresolved futures, stops the local workers and
-deletes the reply queue and the spill folder.
+deletes the reply queue and the spill folder. Ctrl-C in a ``with`` block
+does not wait (:mod:`.interrupt`). The executor's record in
+``ROOT/.executors/`` (:mod:`.drivers`), written before the reply queue and
+removed after it, tells the others that it is alive; what a dead executor
+leaves is removed by :mod:`.reaper`.
 """
 
 from __future__ import annotations
@@ -52,26 +64,36 @@ import logging
 import math
 import os
 import pickle
-import re
 import secrets
 import threading
 import time
 import weakref
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal
 
 from ..broker import Broker
 from ..errors import DdmqError, MessageNotFoundError, QueueNotFoundError
-from ..layout import HOST, check_queue_name, message_id
-from . import heartbeat
+from ..layout import check_queue_name, message_id
+from ..root import check_root_path
+from . import heartbeat, watchdog
+from .attach import AttachedRun
 from .collector import Collector
+from .drivers import reply_queue_name
 from .envelope import dump_task
+from .interrupt import exit_after_interrupt, stop_on_interrupt
 from .errors import BrokenDDMQExecutor, TaskRejectedError, WorkerLostError
+from .environment import EnvironmentCheck, versions
 from .pickling import callable_name
 from .pool import WORKER_STOP_TIMEOUT, LocalPool
+from .reaper import DriverUpkeep
+from .runs import TaskKeys, check_run_name
 from .secret import load_secret
 from .spill import SpillStore
 from .tasks import TaskFuture, TaskRecord, TaskTable
+
+if TYPE_CHECKING:
+    from ..slurm import SlurmWorkers
+    from .slurm_pool import SlurmPool
 
 __all__ = ["DDMQExecutor", "BrokenDDMQExecutor", "TaskRejectedError", "WorkerLostError"]
 
@@ -87,14 +109,22 @@ class DDMQExecutor(Executor):
     """An Executor that runs calls in ddmq workers, local or on other nodes.
 
     ``root``: the ddmq root folder, on a filesystem the workers share (made,
-    mode 0700, if missing). ``max_workers``: local workers to start
+    mode 0700, if missing); an empty path, None or a file raises
+    :class:`~ddmq.errors.InvalidRootError` (a ``ValueError``) before anything
+    on disk changes. ``max_workers``: local workers to start
     (``python -m ddmq.worker`` processes); None starts ``os.cpu_count()``;
     0 starts none and relies on workers started elsewhere on the same root
     and queue. ``queue``: the task queue. ``lease``: seconds a worker holds a
     task before it counts as lost; workers extend it while the task runs, so
     it bounds how long a dead worker's task waits, not how long a task may
-    run. ``retries``: how many times a task is run again after its worker was
-    lost, before its future fails with :class:`WorkerLostError`.
+    run. None (the default): the task queue's ``message_timeout`` setting
+    (its ``ddmq.yaml``, else the root's; 60 s unless set), read when the
+    executor starts; a number given here wins. A worker that dies is found
+    sooner than its lease ends: a local one when it exits, one elsewhere when
+    its heartbeat stops (15 s by default), and the tasks it held are run
+    again then (:mod:`.deaths`). ``retries``: how many times a task is run
+    again after its worker was lost, before its future fails with
+    :class:`WorkerLostError`, which says how each of those workers died.
     ``priority``: of the task messages (lower first; None: the queue's
     setting). ``worker_args``: extra command-line arguments for the local
     workers. ``start_timeout``: seconds to wait for the local workers to be
@@ -104,23 +134,89 @@ class DDMQExecutor(Executor):
     lambdas, closures and functions of ``__main__`` work; the modules they use
     must be importable by the workers. Local workers get the caller's
     ``sys.path`` in their ``PYTHONPATH``.
+
+    **Workers on Slurm.** ``workers=SlurmWorkers(...)`` (usually with
+    ``max_workers=0``) submits the workers as one Slurm job array when the
+    executor starts, with this interpreter and ``PYTHONPATH`` unless the
+    SlurmWorkers say otherwise; with ``jobs=(min, max)`` it adds jobs while
+    tasks wait (their workers end when idle); ``shutdown`` cancels them (see
+    :mod:`.slurm_pool`). If Slurm is not there or sbatch refuses, the
+    executor shuts down and the constructor raises that
+    :class:`~ddmq.slurm.SlurmError`. A worker whose job ends badly is
+    explained in the error of a task it ran (e.g. ``OUT_OF_MEMORY`` with the
+    memory limit). ``task_duration``: seconds one call is expected to take
+    at most, a hint for workers in Slurm jobs, which start a task only if it
+    fits before their job ends (without it they judge by the function's last
+    calls; see :mod:`.walltime_guard`). Tasks also carry this process's
+    Python and cloudpickle versions: a worker that cannot unpickle a task
+    says which differ, and a live worker on another version gets a
+    :class:`~.environment.EnvironmentWarning` once.
+
+    **Nobody serving the queue.** With ``max_workers=0``, when tasks have
+    waited :data:`~.watchdog.NO_WORKER_WARN_AFTER` (30) seconds and no live
+    worker serves the queue, a :class:`~.watchdog.NoWorkerWarning` says so
+    once (with the command that starts a worker), and again when workers
+    appear. A ``result(timeout)`` or ``map(timeout=)`` that times out raises
+    :class:`~.errors.ResultTimeoutError`, a ``concurrent.futures.TimeoutError``
+    that says how many tasks wait, run and are done, and how many workers
+    are live.
+
+    **Ctrl-C.** A KeyboardInterrupt that leaves a ``with`` block (or ends
+    the program) stops this executor's work in a few seconds instead of
+    waiting for it: one line on stderr says so, waiting tasks are cancelled
+    (their messages deleted), local workers give their running tasks back and
+    exit, tasks running on other workers are dropped by those workers once
+    they see this executor gone, and the reply queue and spill folder are
+    deleted; then the KeyboardInterrupt propagates as usual (see
+    :mod:`.interrupt`). If the driver dies instead (SIGKILL, a second Ctrl-C,
+    its node crashes), what it leaves is removed by the next housekeeping of
+    another executor, a worker or ``ddmq clean``, and its queued tasks are
+    dropped instead of run (see :mod:`.reaper`).
+
+    **Named runs.** ``run="NAME"`` keeps the outcome of every call (its
+    value or exception) in ``ROOT/.runs/NAME/``, so that the script started
+    again (after SIGKILL, a reboot, Ctrl-C) picks up where it stopped:
+    ``map`` and ``submit`` return the outcomes the run holds without running
+    those calls (a failure raises again, unless ``retry_failed=True``), wait
+    for the calls a dead driver of the run left waiting or running rather
+    than publish them again, and publish only the rest. A call is known by
+    its function (module, name, code) and its arguments; ``map(...,
+    key=fn)`` and :meth:`submit_with_key` name it instead. One driver at a
+    time: a second raises :class:`~.runs.RunInUseError` naming the first.
+    Replies go to the run's queue ``run-NAME``, which stays after shutdown
+    while tasks of the run may still be out (see :mod:`.attach`); ``ddmq
+    runs`` lists and removes runs.
     """
 
     def __init__(self, root: str | os.PathLike, max_workers: int | None = None, *,
-                 queue: str = "tasks", lease: float = 60, retries: int = 2,
+                 queue: str = "tasks", lease: float | None = None, retries: int = 2,
                  priority: int | None = None, worker_args: Iterable[str] = (),
-                 start_timeout: float = 60.0):
+                 start_timeout: float = 60.0, workers: SlurmWorkers | None = None,
+                 task_duration: float | None = None, run: str | None = None,
+                 retry_failed: bool = False):
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if type(max_workers) is not int or max_workers < 0:
             raise ValueError(f"max_workers must be a whole number >= 0 or None, not {max_workers!r}")
-        if not isinstance(lease, (int, float)) or not lease >= 1:
-            raise ValueError(f"lease must be at least 1 second, not {lease!r}")
+        if lease is not None and (not isinstance(lease, (int, float)) or not lease >= 1):
+            raise ValueError(f"lease must be at least 1 second or None, not {lease!r}")
         if type(retries) is not int or retries < 0:
             raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
         if priority is not None and (type(priority) is not int or priority < 0):
             raise ValueError(f"priority must be a whole number >= 0 or None, not {priority!r}")
+        if task_duration is not None and (isinstance(task_duration, bool) or not isinstance(
+                task_duration, (int, float)) or not 0 <= task_duration < math.inf):
+            raise ValueError(f"task_duration must be 0 or more seconds or None, not {task_duration!r}")
+        if workers is not None:
+            from ..slurm import SlurmWorkers as _SlurmWorkers  # Slurm only when asked for
+            if not isinstance(workers, _SlurmWorkers):
+                raise ValueError(f"workers must be a ddmq.slurm.SlurmWorkers or None, not {workers!r}")
+        if retry_failed and run is None:
+            raise ValueError("retry_failed=True needs a run (run='NAME')")
+        if run is not None:
+            check_run_name(run)
         check_queue_name(queue)
+        root = check_root_path(root)  # before anything on disk: "" is not the current folder
         setup = Broker(root, create=True)
         setup.create_queue(queue)
         setup.close()
@@ -129,13 +225,18 @@ class DDMQExecutor(Executor):
         self.root = self._broker.root
         self.queue = queue
         self.max_workers = max_workers
+        if lease is None:  # the queue's setting (its ddmq.yaml, else the root's, else 60 s)
+            lease = float(self._broker.get_settings(queue)["message_timeout"])
         self.lease = int(math.ceil(lease))
         self.retries = retries
         self.priority = priority
         self._secret = load_secret(self.root, create=True)
         self._token = secrets.token_hex(4)
-        host = re.sub(r"[^A-Za-z0-9_-]", "_", HOST)[:40]
-        self.reply_queue = f"reply-{host}-{os.getpid()}-{self._token}"
+        self.reply_queue = reply_queue_name(self._token)  # reply-HOST-PID-TOKEN
+        # A named run: outcomes kept in the root, replies in run-NAME (see .attach).
+        self._run = None if run is None else AttachedRun(self.root, run, self._secret, retry_failed)
+        if self._run is not None:
+            self.reply_queue = self._run.reply_queue
         self._spills = SpillStore(self.root)
         self._tasks = TaskTable(self._spills)  # the tasks whose futures are unresolved
         self._counter = itertools.count(1)
@@ -148,8 +249,22 @@ class DDMQExecutor(Executor):
         self._abandon = False
         self._broken: str | None = None
         self._pool = LocalPool(self.root, queue, [str(arg) for arg in worker_args])
+        self._slurm: SlurmPool | None = None  # the worker jobs of workers=SlurmWorkers(...)
+        if workers is not None:
+            from .slurm_pool import SlurmPool
+            self._slurm = SlurmPool(workers, self.root, queue, worker_args=[str(a) for a in worker_args])
+        self._environment = EnvironmentCheck(self.root)  # warns of workers on other versions
+        # Advisory fields of every task envelope (unsigned; see walltime_guard, environment).
+        self._task_advice: dict[str, Any] = {"env": versions()}
+        if task_duration is not None:
+            self._task_advice["duration"] = float(task_duration)
         self._collector: Collector | None = None
+        # Its record, beaten by the collector, tells others it is alive (see reaper).
+        self._upkeep = DriverUpkeep(self._broker, self._spills, self.reply_queue, queue)
         try:
+            if self._run is not None:
+                self._run.open(self._broker, queue)  # RunInUseError if another driver has it
+            self._upkeep.start()  # before the reply queue: never a queue without a record
             self._broker.create_queue(self.reply_queue)
             self._spills.create(self.reply_queue)
             try:
@@ -157,7 +272,11 @@ class DDMQExecutor(Executor):
             except (OSError, DdmqError) as err:
                 log.debug("cannot prune old spill folders: %s", err)
             self._pool.start(max_workers)
+            if self._slurm is not None:
+                self._slurm.start()  # a SlurmError ends the executor here, and is raised
             self._collector = Collector(self)
+            if self._run is not None:
+                self._run.resume(self, self._collector)  # what a dead driver of the run left
             self._collector.start()
             if max_workers and start_timeout:
                 self._pool.wait_ready(start_timeout, lambda: self._broken)
@@ -182,23 +301,46 @@ class DDMQExecutor(Executor):
         Raises RuntimeError after shutdown, BrokenDDMQExecutor when broken,
         and the broker's errors if the task cannot be published. If ``fn`` or
         an argument cannot be pickled, the returned future has already failed
-        with ``pickle.PicklingError``.
+        with ``pickle.PicklingError``. In a run, a call whose outcome the run
+        holds is not run: its future is already done (see ``run=``).
         """
-        return self._submit(fn, [args], [kwargs] if kwargs else None, single=True)
+        return self._submit_call(fn, args, kwargs, None)
+
+    def submit_with_key(self, key: Any, fn: Callable[..., Any], /, *args: Any,
+                        **kwargs: Any) -> Future:
+        """``submit(fn, *args, **kwargs)``, the call known in the run by
+        ``key`` (a str, bytes, int, float, bool, None or a tuple of them)
+        instead of by its pickled arguments: for arguments whose pickle is not
+        stable. Without a run, the key is not used."""
+        return self._submit_call(fn, args, kwargs, None if self._run is None else [key])
+
+    def _submit_call(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                     kwargs: dict[str, Any], explicit: list[Any] | None) -> Future:
+        if self._run is None:
+            return self._submit(fn, [args], [kwargs] if kwargs else None, single=True)
+        self._check_open()
+        plan = self._run.plan(fn, [args], [kwargs] if kwargs else None, explicit)
+        if plan.sources is not None:  # in the run, or in a task of its last driver
+            return plan.future()
+        return self._submit(fn, [args], [kwargs] if kwargs else None, single=True,
+                            keys=plan.task_keys(0, 1))
 
     def _submit(self, fn: Callable[..., Any], arglists: list[tuple[Any, ...]],
-                kwargs: list[dict[str, Any]] | None, single: bool) -> TaskFuture:
+                kwargs: list[dict[str, Any]] | None, single: bool,
+                keys: TaskKeys | None = None) -> TaskFuture:
         self._check_open()
         task_id = f"{self._token}.{next(self._counter)}"
-        future = TaskFuture(task_id, self._withdraw)
+        future = TaskFuture(task_id, self._withdraw, self._timed_out)
         try:
             doc = dump_task(self._secret, task_id, self.reply_queue, fn, arglists, kwargs,
-                            self._spills)
+                            self._spills, None if keys is None else keys.encode())
         except pickle.PicklingError as err:
             future.set_exception(err)
             return future
         task = TaskRecord(task_id, future, len(arglists), single, callable_name(fn),
                           self._spills.file_of(doc, self.reply_queue))
+        task.keys = keys
+        doc.update(self._task_advice, fn=task.fn_name, calls=len(arglists))
         with self._submit_lock:
             # In the table before publishing, for the quickest reply to find
             # it; whatever fails, forget() takes it out and releases its spill file.
@@ -221,7 +363,7 @@ class DDMQExecutor(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int | None = None) -> Iterator[Any]:
+            chunksize: int | None = None, key: Callable[..., Any] | None = None) -> Iterator[Any]:
         """Return an iterator of ``fn(*args)`` for the ``args`` of
         ``zip(*iterables)``, in order, yielded as each becomes available.
 
@@ -232,11 +374,23 @@ class DDMQExecutor(Executor):
         exception where its result would be, and ``TimeoutError`` if a result
         is not ready ``timeout`` seconds after this call; calls not yet
         started are then cancelled.
+
+        In a run (``run=``), only the calls whose outcome the run does not
+        hold are published (and counted for ``chunksize``); ``key``: a
+        function of the same arguments as ``fn`` returning each call's key
+        in the run (see :meth:`submit_with_key`), for arguments whose pickle
+        is not stable.
         """
         if chunksize is not None and (type(chunksize) is not int or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
         calls = list(zip(*iterables))
+        plan = None
+        if self._run is not None:
+            self._check_open()
+            plan = self._run.plan(fn, calls, None, None if key is None else
+                                  [key(*args) for args in calls], iterables)
+            calls = plan.arglists  # those to publish (see .attach)
         if chunksize is None:
             chunksize = self._auto_chunksize(len(calls))
         futures: list[TaskFuture] = []
@@ -245,7 +399,9 @@ class DDMQExecutor(Executor):
             self._collect_now.clear()
         try:
             for start in range(0, len(calls), chunksize):
-                futures.append(self._submit(fn, calls[start:start + chunksize], None, single=False))
+                futures.append(self._submit(fn, calls[start:start + chunksize], None, single=False,
+                                            keys=None if plan is None else
+                                            plan.task_keys(start, start + chunksize)))
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -256,6 +412,8 @@ class DDMQExecutor(Executor):
                 if not self._mapping:
                     self._collect_now.set()
         del calls
+        if plan is not None and plan.sources is not None:
+            return plan.results(futures, chunksize, end_time)
         return _results(futures, end_time)
 
     def _auto_chunksize(self, n: int) -> int:
@@ -265,13 +423,27 @@ class DDMQExecutor(Executor):
                 workers = len(heartbeat.list_workers(self.root, self.queue)[0])
             except (OSError, DdmqError) as err:
                 log.debug("cannot count the workers: %s", err)
-            workers = workers or DEFAULT_WORKER_GUESS
+            workers = workers or (self._slurm.expected_workers if self._slurm else 0) \
+                or DEFAULT_WORKER_GUESS
         chunksize, extra = divmod(n, workers * 4)
         return max(1, chunksize + (1 if extra else 0))
+
+    def _explain_death(self, record: heartbeat.WorkerRecord) -> tuple[str | None, bool]:
+        """For the collector's DeathWatch: how a dead worker's Slurm job ended,
+        and whether the requeue of its tasks counts (see :mod:`.slurm_pool`)."""
+        if not record.slurm_job:
+            return None, True
+        from .slurm_pool import worker_death
+        return worker_death(record, self._slurm.ends if self._slurm is not None else None)
 
     def workers(self) -> tuple[list[heartbeat.WorkerRecord], list[heartbeat.WorkerRecord]]:
         """(live, lost) workers of this executor's queue, from their heartbeats."""
         return heartbeat.list_workers(self.root, self.queue)
+
+    def _timed_out(self, timeout: float | None) -> BaseException:
+        """What a future's ``result(timeout)`` raises when the time is up: a
+        ResultTimeoutError saying where this executor's tasks stand."""
+        return watchdog.timeout_error(self, timeout)
 
     # --- cancel and shutdown -------------------------------------------------------
 
@@ -318,6 +490,8 @@ class DDMQExecutor(Executor):
         """
         with self._submit_lock:
             self._shutdown = True
+        if self._run is not None:
+            self._run.release(self._tasks)  # a dead driver's tasks nobody asked for run on
         if cancel_futures:
             for task in self._tasks.tasks():
                 task.future.cancel()
@@ -328,6 +502,15 @@ class DDMQExecutor(Executor):
         elif wait and collector is not threading.current_thread():
             collector.join()
 
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
+        """Leaving a ``with`` block: ``shutdown(wait=True)``; after Ctrl-C (a
+        KeyboardInterrupt), the work is stopped first, without waiting for the
+        running tasks (see :mod:`.interrupt`). Exceptions propagate."""
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            stop_on_interrupt(self)
+        self.shutdown(wait=True)
+        return False
+
     def _wake_collector(self) -> None:
         try:
             self._broker.publish(self.reply_queue, [])  # a reply body without envelopes
@@ -337,8 +520,11 @@ class DDMQExecutor(Executor):
     def _at_exit(self) -> None:
         """At interpreter exit: like ``shutdown(wait=True)`` if local workers
         can finish the unresolved tasks; otherwise cancel what is waiting and
-        drop the results of what is running elsewhere."""
+        drop the results of what is running elsewhere. After an uncaught
+        Ctrl-C, stop the work at once (see :mod:`.interrupt`)."""
         if self._collector is None or not self._collector.is_alive():
+            return
+        if exit_after_interrupt(self):
             return
         if not self.max_workers and len(self._tasks):
             self.shutdown(wait=False, cancel_futures=True)
@@ -362,7 +548,12 @@ class DDMQExecutor(Executor):
     def _cleanup(self) -> None:
         """Stop the local workers, delete the reply queue and the spill folder."""
         self._pool.stop(1.0 if self._abandon else WORKER_STOP_TIMEOUT)
-        for attempt in range(3):
+        if self._slurm is not None:
+            self._slurm.stop()  # scancel: the workers give back what they run
+        # A run's reply queue stays while tasks of the run may be out (see .attach).
+        keep = self._run is not None and self._run.close(
+            bool(len(self._tasks)) or self._abandon or self._broken is not None)
+        for attempt in range(0 if keep else 3):
             try:
                 self._broker.delete_queue(self.reply_queue)
                 break
@@ -371,7 +562,9 @@ class DDMQExecutor(Executor):
             except DdmqError as err:  # a late reply landed while deleting: try again
                 if attempt == 2:
                     log.warning("cannot delete the reply queue %s: %s", self.reply_queue, err)
-        self._spills.remove(self.reply_queue)
+        if not keep:
+            self._spills.remove(self.reply_queue)
+        self._upkeep.end()
         self._broker.close()
         log.info("executor on %s shut down", self.root)
 

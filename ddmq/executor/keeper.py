@@ -10,13 +10,19 @@ seconds and:
   task's result is still sent (the executor keeps the first one);
 - sends the answers of the batch's earlier tasks when the running task is
   slow, so that they do not wait for it;
-- rewrites the heartbeat record every ``--heartbeat`` s
-  (:mod:`ddmq.executor.heartbeat`);
+- keeps the heartbeat record current (:meth:`Heartbeat.keep
+  <ddmq.executor.heartbeat.Heartbeat.keep>`): rewritten when the worker's
+  state or task changed (coalesced, at most one rewrite a second), its time
+  refreshed every ``--heartbeat`` s;
 - when the worker was told to stop and its grace period is over, gives the
   running task (and the batch's tasks not started) back to the queue and
   ends the process (:meth:`Worker._give_back_and_exit`);
 - stops the worker as a SIGTERM would when the process that started it
-  (``--parent``) is gone.
+  (``--parent``) is gone;
+- in a Slurm job, starts the drain at the job's drain point and never lets
+  a task run past its give-back point (:mod:`ddmq.executor.walltime_guard`);
+- drops the running task when its executor went away (shut down, Ctrl-C,
+  dead): acks it and stops its call (:class:`ddmq.executor.reaper.OrphanTasks`).
 
 It shares the worker's lock, which guards the running task and its lease.
 """
@@ -40,6 +46,10 @@ log = logging.getLogger(__name__)
 
 #: Longest pause (s) of the keeper thread between two looks at its duties.
 KEEPER_TICK = 0.5
+#: ... while the worker is idle and its record says so (it looks then only to keep
+#: the record fresh, and for its parent): an idle worker costs less CPU. The main
+#: thread wakes the keeper when a task starts.
+KEEPER_IDLE_TICK = 5.0
 
 
 class RunningTask:
@@ -63,6 +73,7 @@ class Keeper(threading.Thread):
         super().__init__(name="ddmq-worker-keeper", daemon=True)
         self._worker = worker
         self._wake = threading.Event()
+        self.dozing = False  # in a long idle pause (see KEEPER_IDLE_TICK)
         self._finished = False
 
     def wake(self) -> None:
@@ -76,11 +87,18 @@ class Keeper(threading.Thread):
         self.join(timeout=5)
 
     def run(self) -> None:
+        # Signals for the worker go to its main thread: one the kernel hands to
+        # this thread sets Python's flag, but does not wake a main thread asleep
+        # in a task (time.sleep), so its handler would wait for the task to end.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM,
+                                                  signal.SIGUSR1, signal.SIGURG})
         worker = self._worker
         beat = worker._heartbeat
         next_beat = time.monotonic() + beat.interval
         told_grace = False
         while not self._finished:
+            to_drain = worker._walltime.tick()  # in a Slurm job: drain in time (see walltime_guard)
+            worker._orphans.tick()  # the running task's executor went away: drop it (see reaper)
             now = time.monotonic()
             with worker._lock:
                 running = worker._running
@@ -95,16 +113,22 @@ class Keeper(threading.Thread):
                 log.warning("%s: task %s may run %.0f s more before it is given back",
                             worker._stop_reason, running.task,
                             max(0.0, worker._stop_deadline - now))
-            if now >= next_beat:
-                state = "stopping" if worker._stopping else ("running" if running else "idle")
-                beat.beat(state, running.task if running else None, worker.tasks_done)
-                next_beat = now + beat.interval
+            # Every tick: a change of state or task is written within a second or so.
+            state = "stopping" if worker._stopping else ("running" if running else "idle")
+            next_beat = now + beat.keep(state, running.task if running else None, worker.tasks_done)
             if (worker.parent is not None and not worker._stopping
                     and os.getppid() != worker.parent):
                 log.warning("the process that started this worker (pid %d) is gone: stopping",
                             worker.parent)
                 os.kill(os.getpid(), signal.SIGTERM)  # the same path as a SIGTERM from outside
-            pause = min(KEEPER_TICK, max(0.0, next_beat - now))
+            tick = KEEPER_TICK
+            written = beat._written
+            # Idle, and the record says so: doze (the main thread wakes the keeper when a task starts).
+            self.dozing = (running is None and not worker._stopping and written is not None
+                           and written[:2] == (state, None))
+            if self.dozing:
+                tick = KEEPER_IDLE_TICK if to_drain is None else min(KEEPER_IDLE_TICK, to_drain)
+            pause = min(tick, max(0.0, next_beat - now))
             if running is not None and not running.lease_lost:
                 pause = min(pause, max(0.0, running.next_extend - now))
             self._wake.wait(pause)

@@ -8,9 +8,11 @@ it can import what the tasks import.
 
 A worker is *ready* once it has written its heartbeat record
 (:mod:`ddmq.executor.heartbeat`). The collector's housekeeping calls
-:meth:`LocalPool.mind`, which replaces workers that died; workers that die
-before they were ever ready :data:`MAX_START_FAILURES` times in a row break
-the executor (:class:`~ddmq.executor.errors.BrokenDDMQExecutor`).
+:meth:`LocalPool.mind`, which reaps the workers that died (``waitpid``),
+tells :mod:`ddmq.executor.deaths` how each ended, so that the tasks it held
+are requeued at once, and replaces it; workers that die before they were
+ever ready :data:`MAX_START_FAILURES` times in a row break the executor
+(:class:`~ddmq.executor.errors.BrokenDDMQExecutor`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class LocalPool:
         self.workers: list[LocalWorker] = []
         self._start_failures = 0
         self._stopping = False
+        #: Called by :meth:`mind` with (pid, exit status) of each worker that
+        #: exited with a status other than 0 (the executor's DeathWatch.local_exit).
+        self.on_exit: Callable[[int, int], None] | None = None
 
     def start(self, count: int) -> None:
         """Start ``count`` workers. Raises OSError if one cannot be started."""
@@ -120,8 +125,10 @@ class LocalPool:
                 worker.reported = True
                 level = logging.INFO if code == 0 else logging.WARNING
                 log.log(level, "local worker pid %d %s", worker.proc.pid, exit_text(code))
-                if not worker.ready:
+                if not self._seen_ready(worker):  # a killed worker's record is still there
                     self._start_failures += 1
+                if code != 0 and self.on_exit is not None:
+                    self.on_exit(worker.proc.pid, code)
             if self._start_failures >= MAX_START_FAILURES:
                 raise BrokenDDMQExecutor(f"local workers keep dying before they start (last one "
                                          f"{exit_text(code)}); see their messages above")
@@ -148,6 +155,24 @@ class LocalPool:
                 log.warning("local worker pid %d did not stop: killing it", proc.pid)
                 _signal(proc, signal.SIGKILL)
                 proc.wait()
+
+    def stop_now(self, timeout: float) -> None:
+        """Stop the workers at once (the caller was interrupted): SIGINT and
+        then :meth:`stop`'s SIGTERM are the two signals after which a worker
+        gives its tasks back to the queue without a grace period, and exits."""
+        self._stopping = True
+        procs = [w.proc for w in self.workers if w.proc.poll() is None]
+        for proc in procs:
+            _signal(proc, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        # The second signal, again until it is heard: CPython can miss one that
+        # comes just after the first, until the sleep of the running task ends.
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for proc in procs:
+                if proc.poll() is None:
+                    _signal(proc, signal.SIGTERM)
+        self.stop(max(0.0, deadline - time.monotonic()))
 
 
 def worker_env() -> dict[str, str]:

@@ -3,24 +3,37 @@
 ``DDMQExecutor(root, run="nightly")`` keeps every call's outcome (its value,
 or the exception it raised) in ``ROOT/.runs/nightly/``. A driver started
 again with the same run returns what is there without running it again
-(:mod:`ddmq.executor.executor` decides; this module stores)::
+(:mod:`ddmq.executor.attach` decides; this module stores)::
 
     ROOT/.runs/NAME/driver.json        who drives the run now: host, pid, last beat
     ROOT/.runs/NAME/seg.TOKEN.ddmqrun  outcomes, many per file, signed
-    ROOT/.runs/NAME/run.json           what the run is: its reply queue, when it started
+    ROOT/.runs/NAME/run.json           what the run is: its reply queue, its task queue, when it started
 
-**Few files.** Outcomes are buffered in memory and written as one segment
-file per :meth:`Run.flush` (the collector flushes after a batch of replies,
-at most every :data:`FLUSH_SECONDS`), each atomically (a temporary file
-renamed in: a reader sees a whole segment or none); past
-:data:`COMPACT_AFTER` segments the driver merges them into one. A run of
-100,000 quick calls is a few dozen files, which spares a Lustre or NFS
-metadata server. The collector flushes *before* it acks the replies whose
-outcomes it holds, so a driver killed at any moment loses no outcome: what
-was not flushed is still in the reply queue, which the next driver of the
-run consumes (a run's reply queue is ``run-NAME``, not the driver's own).
+**Few files.** Each driver appends the outcomes it records to a segment
+of its own, ``seg.TOKEN.ddmqrun`` (created once, then opened for append
+only): the collector writes one *frame* per batch of replies with one
+``write`` (:meth:`Run.flush`), then acks those replies. So no outcome is
+acked before it is on disk, and a driver killed at any moment loses none:
+what was not written is still in the reply queue, which the next driver of
+the run consumes (a run's reply queue is ``run-NAME``, not the driver's
+own). A run is one segment per driver that wrote outcomes; a driver that
+finds more than :data:`COMPACT_AFTER` merges them into one (their frames
+concatenated, nothing unpickled). A run of 100,000 quick calls is two
+files (``run.json`` and one segment), which spares a Lustre or NFS metadata
+server: an append is no metadata operation.
 
-**Signed.** A segment is unpickled when a run is loaded, so, like a task,
+**A frame** is two lengths and an HMAC-SHA256, then two parts: the *index*
+(for each task: its function key, the keys of its calls, the positions of
+those that raised; ``marshal`` of strings, bytes and ints, so ``ddmq runs``
+counts a run without unpickling a single result) and the *body* (a pickle:
+the values, and each exception with its worker's traceback text). A reader
+stops at the first frame that is cut short (its writer was killed in the
+middle of the ``write``) or whose signature does not match. When two
+outcomes of one call are stored (a task run twice, a failure run again with
+``retry_failed``), a success wins over a failure, whatever their order, so
+frames need no ordering.
+
+**Signed.** A frame is unpickled when a run is loaded, so, like a task,
 it carries an HMAC-SHA256 of the root's secret over the run's name and its
 bytes, checked before anything is unpickled.
 
@@ -30,37 +43,58 @@ run is refused with :class:`RunInUseError` naming the first (host, pid). A
 driver that died leaves its record behind: on its host its pid is gone (or
 is another process, by start time); elsewhere its beat, refreshed every
 :data:`BEAT_SECONDS`, stops. Its record is then taken over by one rename,
-which only one successor can win.
+which only one successor can win. Nothing removes a run but
+:func:`remove_run` (``ddmq runs rm``): no housekeeping touches ``.runs/``.
 
-**The key of a call** (:func:`call_key`): the function's module and
-qualified name plus a hash of its code (bytecode, constants and names,
-recursively; not its line numbers), and a hash of the pickled arguments.
-Editing the body of the function changes the key, so a fixed bug runs
-again; moving the function down a file does not. Where pickling is not
-stable (sets of strings across interpreters, objects with unordered
-state), the caller passes its own key: it replaces the arguments' hash.
+**The key of a call** is its function's key (:func:`function_key`: module
+and qualified name plus a hash of its code: bytecode, constants and names,
+recursively, not line numbers; and of what it is bound to: default values,
+closure cells, a ``partial``'s arguments, a bound method's instance) and,
+within it, the key of its arguments (:func:`call_keys`): the tuple of the
+arguments itself when they are all ints (the int alone for one argument:
+the common ``map(f, range(n))`` costs nothing; two such keys are equal only
+if every int is), else their
+``marshal`` bytes (version 2, which writes a value the same way whatever its
+identity or interning) when they are plain floats, strings, bytes, bools or
+None, else their pickle (keyword arguments sorted by name); keys over
+:data:`KEY_MAX` bytes are replaced by a SHA-256. Editing the body of the
+function changes its key, so a fixed bug runs again; moving the function
+down a file does not; a change in a function it calls, or in a global it
+reads, does not either. Where pickling is not stable (sets of strings
+across interpreters, objects with unordered state), the caller passes its
+own key, which replaces the arguments'.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
 import functools
 import hashlib
 import hmac
 import json
 import logging
+import marshal
 import os
 import pickle
 import re
+import secrets
 import shutil
+import stat
+import struct
 import threading
 import time
 import types
-from typing import Any, Callable, Iterator, NamedTuple
+from itertools import chain, repeat
+from typing import Any, Callable, Iterator, List, NamedTuple, Sequence, Tuple, Union, cast
 
 from .. import protocol
 from ..errors import DdmqError
 from ..layout import HOST, unique_token
 from . import pickling
+from .envelope import rebuild
+from .errors import RemoteTraceback
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +102,33 @@ RUNS_DIR = ".runs"
 DRIVER_FILE = "driver.json"
 RUN_FILE = "run.json"
 SEGMENT_SUFFIX = ".ddmqrun"
-_MAGIC = b"DDMQRUN1\n"
+_MAGIC = b"DDMQRUN3\n"
 #: Seconds between two refreshes of the driver's record.
 BEAT_SECONDS = 10.0
 #: A driver on another host whose record is older than this is dead.
 LOST_AFTER = 3 * BEAT_SECONDS
-#: The collector writes buffered outcomes at most this often...
-FLUSH_SECONDS = 1.0
-#: ... or when this many are buffered.
-FLUSH_COUNT = 20_000
-#: Past this many segments, the driver merges them into one.
+#: Past this many segments (one per driver that wrote outcomes), a driver
+#: starting merges them into one.
 COMPACT_AFTER = 32
 #: Longest run name (it becomes part of a queue name).
 MAX_RUN_NAME = 100
+#: Longest key of a call's arguments kept as is; longer ones are hashed.
+KEY_MAX = 32
+#: Most calls one task's keys may name (a bound for what an envelope unpacks to).
+_MAX_CALLS = 1 << 24
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_FRAME_HEAD = struct.Struct(">QQ32s")  # index size, body size, HMAC-SHA256
+#: Types whose marshal bytes are their value (marshal writes any other
+#: object with the buffer protocol, a bytearray or a numpy array, as plain bytes).
+_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
+# First bytes of the keys that are not marshal bytes (whose first byte is a
+# type code under 0x80) or a pickle (0x80): they cannot be mistaken for them.
+_KWARGS, _EXPLICIT, _HASHED, _UNIQUE = b"\xfc", b"\xfd", b"\xfe", b"\xff"
+#: A call key: the arguments themselves when they are all ints (the int
+#: when it is the only one; a tuple of ints equals another only if every int
+#: does, and never equals an int), else bytes.
+Key = Union[bytes, int, Tuple[int, ...]]
 
 
 class RunError(DdmqError):
@@ -104,6 +150,30 @@ class Outcome(NamedTuple):
     value: Any
 
 
+class TaskKeys(NamedTuple):
+    """The keys of the calls of one task: their function's, and one per call."""
+
+    function: str
+    keys: Sequence[Key]  # a list, or a range (consecutive ints)
+
+    def encode(self) -> str:
+        """As the ``keys`` field of an envelope (ASCII): marshal of (function
+        key, the keys), the keys as (first, count) when they are a range (a
+        chunk of ``map(f, range(n))``)."""
+        return base64.b64encode(marshal.dumps((self.function, _packed(self.keys)), 2)).decode("ascii")
+
+    @staticmethod
+    def decode(text: str) -> TaskKeys:
+        """The keys an envelope's (verified) ``keys`` field holds; ValueError if malformed."""
+        try:
+            function, keys = marshal.loads(base64.b64decode(text.encode("ascii"), validate=True))
+            if not isinstance(function, str):
+                raise ValueError("no function key")
+            return TaskKeys(function, _unpacked(keys))
+        except (binascii.Error, UnicodeEncodeError, EOFError, TypeError, ValueError) as err:
+            raise ValueError(f"malformed call keys: {err}") from None
+
+
 class RunInfo(NamedTuple):
     """What ``ddmq runs`` shows of a run (waiting and running come from the task queue)."""
 
@@ -111,9 +181,11 @@ class RunInfo(NamedTuple):
     done: int
     failed: int
     size: int
+    files: int
     last_activity: float
     driver: dict[str, Any] | None
     reply_queue: str
+    queue: str | None
 
 
 def check_run_name(name: Any) -> str:
@@ -142,56 +214,149 @@ def _code_digest(code: types.CodeType, into: Any) -> None:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             _code_digest(const, into)
+        elif isinstance(const, frozenset):  # ``x in {"a", "b"}``: its order follows str hashes
+            into.update(repr(sorted(map(repr, const))).encode())
         else:
             into.update(repr(const).encode())
 
 
 def function_key(fn: Callable[..., Any]) -> str:
-    """Module, qualified name and a hash of the code of ``fn`` (see the module docstring)."""
-    target = fn
-    while isinstance(target, functools.partial):
-        target = target.func
+    """Module, qualified name and a hash of the code of ``fn`` (see the
+    module docstring). What ``fn`` binds is part of it, pickled: the
+    arguments of a ``functools.partial``, the instance of a bound method or
+    of a callable object (whose ``__call__`` is the code)."""
+    target: Any = fn
+    bound: list[Any] = []
+    while True:
+        if isinstance(target, functools.partial):
+            bound.append((target.args, target.keywords))
+            target = target.func
+        elif isinstance(target, types.MethodType):
+            bound.append(target.__self__)
+            target = target.__func__
+        elif not isinstance(target, (types.FunctionType, types.BuiltinFunctionType, type)) \
+                and isinstance(getattr(type(target), "__call__", None), types.FunctionType):
+            bound.append(target)  # a callable object: its state and its class's __call__
+            target = type(target).__call__
+        else:
+            break
     digest = hashlib.sha256()
     code = getattr(target, "__code__", None)
     if isinstance(code, types.CodeType):
         _code_digest(code, digest)
-    partial_args = b""
-    if target is not fn:  # a partial: its bound arguments are part of the function
-        partial_args = pickling.dumps((fn.args, fn.keywords))  # type: ignore[attr-defined]
-    digest.update(partial_args)
+    if isinstance(target, types.FunctionType):  # what the code runs with, beside its arguments
+        cells = tuple(_cell_value(cell) for cell in target.__closure__ or ())
+        if target.__defaults__ or target.__kwdefaults__ or cells:
+            bound.append((target.__defaults__, target.__kwdefaults__, cells))
+    if bound:
+        key = _arguments_key(tuple(bound), None)
+        digest.update(key if isinstance(key, bytes) else marshal.dumps(key, 2))
     module = getattr(target, "__module__", None) or "?"
     name = getattr(target, "__qualname__", None) or pickling.callable_name(target)
     return f"{module}:{name}:{digest.hexdigest()[:16]}"
 
 
-def call_key(fn_key: str, args: tuple, kwargs: dict[str, Any] | None,
-             explicit: str | None = None) -> str:
-    """The key of one call: ``fn_key`` (see :func:`function_key`) with the
-    hash of its pickled arguments, or with the caller's ``explicit`` key."""
-    digest = hashlib.sha256(fn_key.encode())
-    if explicit is not None:
-        digest.update(b"\0key\0" + str(explicit).encode())
-    else:
-        digest.update(b"\0args\0" + _stable_pickle((args, kwargs or None)))
-    return digest.hexdigest()[:32]
-
-
-def _stable_pickle(value: Any) -> bytes:
+def _cell_value(cell: Any) -> Any:
+    """What a closure's cell holds, for the key: a function (a decorator's
+    ``func``, a recursive closure itself) by its code, anything else as is."""
     try:
-        return pickle.dumps(value, protocol=4)
-    except Exception:
-        return pickling.dumps(value)
+        value = cell.cell_contents
+    except ValueError:  # not filled yet
+        return None
+    if isinstance(value, types.FunctionType):
+        digest = hashlib.sha256()
+        _code_digest(value.__code__, digest)
+        return ("function", value.__module__, value.__qualname__, digest.hexdigest())
+    return value
+
+
+def call_keys(arglists: Sequence[tuple[Any, ...]], kwargs: Sequence[dict[str, Any]] | None = None,
+              explicit: Sequence[Any] | None = None) -> Sequence[Key]:
+    """The keys of calls ``fn(*arglists[i], **kwargs[i])`` within their
+    function (see the module docstring); ``arglists``: tuples, as many
+    arguments in each (the calls of one ``map``, or one call). With
+    ``explicit``, the caller's keys instead (each a str, bytes, int, float,
+    bool, None, or a tuple of them: TypeError otherwise). Arguments that
+    cannot be pickled get a key no other call has (their call fails to be
+    sent anyway). The key of a call depends on that call only, never on the
+    others; keys that are consecutive ints come as a ``range``."""
+    if explicit is not None:
+        return [_short(_EXPLICIT + _plain_bytes(key)) for key in explicit]
+    if kwargs is None and arglists:
+        flat = list(chain.from_iterable(arglists))
+        types = set(map(type, flat))
+        if types <= {int}:  # the common case, at no cost: the arguments are the key
+            count = len(flat)
+            if count != len(arglists):
+                return list(arglists)  # the tuples of ints
+            first = flat[0]  # one int each: itself
+            if flat[-1] - first == count - 1 and flat == list(range(first, first + count)):
+                return range(first, first + count)  # kept as spans, sent as (first, count)
+            return flat
+        if types <= _PLAIN and int not in types and flat:
+            keys = list(map(marshal.dumps, arglists, repeat(2)))  # in C
+            if max(map(len, keys)) > KEY_MAX:
+                keys = list(map(_short, keys))
+            return cast(List[Key], keys)
+    return [_arguments_key(args, kwargs[index] if kwargs else None)
+            for index, args in enumerate(arglists)]
+
+
+def _short(key: bytes) -> bytes:
+    """``key``, or its hash if it is longer than KEY_MAX."""
+    return key if len(key) <= KEY_MAX else _HASHED + hashlib.sha256(key).digest()[:20]
+
+
+def _is_plain(value: Any) -> bool:
+    return type(value) in _PLAIN or (type(value) is tuple and all(map(_is_plain, value)))
+
+
+def _plain_bytes(key: Any) -> bytes:
+    if not _is_plain(key):
+        raise TypeError(f"a run key must be a str, bytes, int, float, bool, None or a tuple of "
+                        f"them, not {type(key).__name__}")
+    return marshal.dumps(key, 2)
+
+
+def _arguments_key(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Key:
+    named = tuple(sorted(kwargs.items())) if kwargs else ()
+    if not named and all(type(arg) is int for arg in args):
+        return args[0] if len(args) == 1 else tuple(args)
+    if _is_plain(tuple(args)) and _is_plain(named):
+        return _short(_KWARGS + marshal.dumps((tuple(args), named), 2) if named
+                      else marshal.dumps(tuple(args), 2))
+    try:
+        return _short(pickle.dumps((args, named), protocol=4))
+    except Exception:  # noqa: BLE001 (whatever the standard pickler refuses)
+        try:
+            return _short(pickling.dumps((args, named)))
+        except Exception:  # noqa: BLE001
+            return _UNIQUE + secrets.token_bytes(16)
+
+
+def is_key(value: Any) -> bool:
+    """Whether ``value`` (read from an envelope) is a call key."""
+    return type(value) in (bytes, int) or (type(value) is tuple
+                                           and all(type(arg) is int for arg in value))
 
 
 # --- the run -------------------------------------------------------------------------
 
+#: One task's outcomes as recorded: its function key, the keys of its calls,
+#: their values (None where a call raised) and the calls that raised.
+Chunk = Tuple[str, Sequence[Key], Sequence[Any], Sequence[Tuple[int, BaseException]]]
+
+
 class Run:
-    """One named run in a root, driven by this process. Thread-safe.
+    """One named run in a root, driven by this process.
 
     :meth:`open` takes the run (creating it) for this driver and loads its
-    outcomes; :meth:`record` buffers outcomes and :meth:`flush` writes them;
-    :meth:`beat` refreshes the driver's record; :meth:`close` flushes and
-    lets the run go (it stays on disk, with its outcomes, until removed).
+    outcomes; :meth:`record` adds a task's outcomes, :meth:`flush` appends
+    them to this driver's segment; :meth:`beat` refreshes the driver's
+    record; :meth:`close` flushes and lets the run go (it stays on disk,
+    with its outcomes, until removed).
+    :meth:`record` and :meth:`flush` may be called from different threads;
+    the dictionaries of :meth:`outcomes` change under :meth:`record`.
     """
 
     def __init__(self, root: str | os.PathLike, name: str, secret: bytes):
@@ -201,27 +366,41 @@ class Run:
         self.reply_queue = reply_queue_of(name)
         self._secret = secret
         self._lock = threading.Lock()
-        self._buffer: list[tuple[str, bool, Any]] = []
-        self._outcomes: dict[str, Outcome] = {}
-        self._segments: list[str] = []
+        self._buffer: list[Chunk] = []
+        # The outcomes, by function key: successes by call key, or as spans of
+        # consecutive int keys (a chunk of map(f, range(...)): no entry per
+        # call); failures by call key.
+        self._done: dict[str, dict[Key, Any]] = {}
+        self._spans: dict[str, _Spans] = {}
+        self._failed: dict[str, dict[Key, BaseException]] = {}
         self._token = unique_token()
-        self._next_flush = 0.0
+        self._segment: int | None = None  # this driver's segment, open to append
         self._next_beat = 0.0
         self._owned = False
 
     # --- the driver ------------------------------------------------------------------
 
-    def open(self) -> dict[str, Outcome]:
-        """Take the run for this driver and return the outcomes it holds.
-        Raises RunInUseError if another live driver has it."""
-        os.makedirs(self.folder, mode=0o700, exist_ok=True)
+    @property
+    def owned(self) -> bool:
+        """Whether this process drives the run (opened, not closed yet)."""
+        return self._owned
+
+    def open(self, queue: str | None = None) -> None:
+        """Take the run for this driver (whose task queue is ``queue``) and
+        load its outcomes. Raises RunInUseError if another live driver has it."""
+        _private_folder(os.path.dirname(self.folder))
+        _private_folder(self.folder)
         run_file = os.path.join(self.folder, RUN_FILE)
-        info = {"name": self.name, "reply_queue": self.reply_queue, "created": time.time()}
+        info = {"name": self.name, "reply_queue": self.reply_queue, "queue": queue,
+                "created": time.time()}
         protocol.atomic_write(run_file, json.dumps(info).encode(), mode=0o600, exclusive=True)
         self._take_driver()
         self._owned = True
-        self._outcomes = self._load()
-        return dict(self._outcomes)
+        known = read_json(run_file) or {}
+        if queue is not None and known.get("queue") != queue:
+            known.update(name=self.name, reply_queue=self.reply_queue, queue=queue)
+            protocol.atomic_write(run_file, json.dumps(known).encode(), mode=0o600)
+        self._load()
 
     def _record(self) -> bytes:
         return json.dumps({"host": HOST, "pid": os.getpid(), "started": _start_ticks(os.getpid()),
@@ -263,84 +442,381 @@ class Run:
         except OSError as err:
             log.warning("run %s: cannot refresh the driver's record: %s", self.name, err)
 
-    def close(self) -> None:
-        """Flush what is buffered and let the run go (its files stay)."""
+    def close(self) -> bool:
+        """Flush what is buffered and let the run go (its files stay); False
+        if the outcomes could not all be written."""
         if not self._owned:
-            return
-        self.flush(force=True)
+            return True
+        try:
+            written = self.flush()
+        except OSError as err:
+            log.error("run %s: cannot write its last outcomes: %s", self.name, err)
+            written = False
+        self._close_segment()
         current = read_driver(self.folder)
         if current is not None and current.get("token") == self._token:
             protocol.remove_quietly(os.path.join(self.folder, DRIVER_FILE))
         self._owned = False
+        return written
 
     # --- outcomes --------------------------------------------------------------------
 
-    def known(self, key: str) -> Outcome | None:
-        """The outcome of the call ``key``, if the run holds one."""
-        return self._outcomes.get(key)
+    def known(self, function: str, key: Key) -> Outcome | None:
+        """The outcome of call ``key`` of ``function``, if the run holds one
+        (a success, if it holds both)."""
+        done = self._done.get(function)
+        if done and key in done:
+            return Outcome(True, done[key])
+        spans = self._spans.get(function)
+        if spans and type(key) is int:
+            found, value = spans.get(key)
+            if found:
+                return Outcome(True, value)
+        failed = self._failed.get(function)
+        if failed and key in failed:
+            return Outcome(False, failed[key])
+        return None
 
-    def record(self, key: str, ok: bool, value: Any) -> None:
-        """Buffer the outcome of one call (written by the next :meth:`flush`)."""
-        with self._lock:
-            self._buffer.append((key, ok, value))
-            self._outcomes[key] = Outcome(ok, value)
+    def touches(self, function: str, keys: Sequence[Key], failures: bool = True) -> bool:
+        """Whether the run may hold an outcome (with ``failures``: a success
+        or a failure; else a success) of one of the calls ``keys`` of
+        ``function``; False costs nothing per call when ``keys`` is a range
+        and the run's outcomes of ``function`` are spans."""
+        done, spans = self._done.get(function), self._spans.get(function)
+        failed = self._failed.get(function) if failures else None
+        if (done and _meets(done, keys)) or (failed and _meets(failed, keys)):
+            return True
+        if not spans:
+            return False
+        if type(keys) is range:
+            return spans.overlaps(keys.start, keys.stop)
+        return any(spans.get(key)[0] for key in keys if type(key) is int)
 
-    def forget(self, key: str) -> None:
-        """Drop a failure this driver will run again (``retry_failed``)."""
-        with self._lock:
-            self._outcomes.pop(key, None)
+    def counts(self) -> tuple[int, int]:
+        """(calls that succeeded, calls that failed) in the run."""
+        done = failed = 0
+        for function in set(self._done) | set(self._failed) | set(self._spans):
+            spans = self._spans.get(function)
+            done += spans.successes() if spans else 0
+            done += sum(1 for key in self._done.get(function, ())
+                        if not (spans and type(key) is int and spans.get(key)[0]))
+            failed += sum(1 for key in self._failed.get(function, ())
+                          if not self._succeeded(function, key))
+        return done, failed
 
-    def flush(self, force: bool = False) -> None:
-        """Write the buffered outcomes as one segment (unless none, or the
-        last flush was under FLUSH_SECONDS ago and fewer than FLUSH_COUNT
-        wait: ``force`` writes anyway). Compacts when there are many."""
+    def record(self, function: str, keys: Sequence[Key], values: Sequence[Any],
+               errors: Sequence[tuple[int, BaseException]] = ()) -> None:
+        """Add the outcomes of one task's calls (``values[i]`` of call
+        ``keys[i]``, except the calls of ``errors``, (index, exception)),
+        written by a later :meth:`flush`. A success replaces a failure, never
+        the reverse."""
         with self._lock:
-            now = time.monotonic()
-            if not self._buffer or (not force and now < self._next_flush
-                                    and len(self._buffer) < FLUSH_COUNT):
+            self._buffer.append((function, keys, values, errors))
+            self._merge(function, keys, values, errors)
+
+    def _succeeded(self, function: str, key: Key) -> bool:
+        done, spans = self._done.get(function), self._spans.get(function)
+        return bool(done and key in done) or bool(spans and type(key) is int and spans.get(key)[0])
+
+    def _merge(self, function: str, keys: Sequence[Key], values: Sequence[Any],
+               errors: Sequence[tuple[int, BaseException]]) -> None:
+        failed = self._failed.get(function)
+        if type(keys) is range and keys.step == 1 and keys:  # a chunk of map(f, range(...))
+            spans = self._spans.get(function)
+            if spans is None:
+                spans = self._spans[function] = _Spans()
+            # A tuple: once it holds only ints, strings..., the GC stops visiting it.
+            if spans.add(keys.start, keys.stop, tuple(values), frozenset(at for at, _ in errors)):
+                if failed:
+                    raised = dict(errors)
+                    for index, key in enumerate(keys):
+                        if index not in raised:
+                            failed.pop(key, None)
+                for index, exc in errors:
+                    if not self._succeeded(function, keys[index]):
+                        self._failed.setdefault(function, {})[keys[index]] = exc
                 return
-            batch, self._buffer = self._buffer, []
-            self._next_flush = now + FLUSH_SECONDS
-            name = self._write_segment(batch)
-            self._segments.append(name)
-            if len(self._segments) > COMPACT_AFTER:
-                self._compact()
+        self._merge_each(function, keys, values, errors, failed)
 
-    def _write_segment(self, entries: list[tuple[str, bool, Any]]) -> str:
-        data = _dumps_outcomes(entries)
-        name = f"seg.{unique_token()}{SEGMENT_SUFFIX}"
-        sig = _sign(self._secret, self.name, data).encode()
-        protocol.atomic_write(os.path.join(self.folder, name), _MAGIC + sig + b"\n" + data, mode=0o600)
-        return name
+    def _merge_each(self, function: str, keys: Sequence[Key], values: Sequence[Any],
+                    errors: Sequence[tuple[int, BaseException]],
+                    failed: dict[Key, BaseException] | None) -> None:
+        done = self._done.setdefault(function, {})  # ... else one entry per call
+        if not errors:
+            done.update(zip(keys, values))
+            if failed:
+                for key in keys:
+                    failed.pop(key, None)
+            return
+        raised = dict(errors)
+        for index, key in enumerate(keys):
+            if index not in raised:
+                done[key] = values[index]
+                if failed:
+                    failed.pop(key, None)
+            elif not self._succeeded(function, key):
+                failed = self._failed.setdefault(function, {})
+                failed[key] = raised[index]
 
-    def _compact(self) -> None:
-        """Merge every segment into one (a crash between writing the merged
-        segment and removing the others leaves duplicates, which agree)."""
-        old = list(self._segments)
-        merged = [(key, o.ok, o.value) for key, o in self._outcomes.items()]
-        self._segments = [self._write_segment(merged)]
-        for name in old:
-            protocol.remove_quietly(os.path.join(self.folder, name))
+    def flush(self) -> bool:
+        """Append the outcomes recorded since the last flush to this driver's
+        segment, as one frame (one ``write``); True when none are left to
+        write. Raises OSError if they cannot be written (they stay buffered,
+        and the next flush starts a new segment: the reader of this one stops
+        at its torn end)."""
+        with self._lock:
+            if not self._buffer:
+                return True
+            frame = _frame(self.name, self._secret, self._buffer)
+            try:
+                if self._segment is None:
+                    self._segment = self._new_segment()
+                protocol.write_all(self._segment, frame)
+            except OSError:
+                self._close_segment()
+                raise
+            self._buffer = []
+            return True
 
-    def _load(self) -> dict[str, Outcome]:
-        outcomes: dict[str, Outcome] = {}
-        self._segments = []
-        for name, entries in _read_segments(self.folder, self.name, self._secret):
-            self._segments.append(name)
-            for key, ok, value in entries:
-                outcomes[key] = Outcome(ok, value)
-        return outcomes
+    def _new_segment(self) -> int:
+        path = os.path.join(self.folder, f"seg.{unique_token()}{SEGMENT_SUFFIX}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        try:
+            protocol.write_all(fd, _MAGIC)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def _close_segment(self) -> None:
+        if self._segment is not None:
+            try:
+                os.close(self._segment)
+            except OSError:
+                pass
+            self._segment = None
+
+    def _load(self) -> None:
+        """Read the outcomes of every segment; past COMPACT_AFTER segments,
+        write their frames as one and remove them (a crash in between leaves
+        duplicates, which agree)."""
+        self._done, self._spans, self._failed = {}, {}, {}
+        found = list(_segments(self.folder, self.name, self._secret))
+        for file, frames in found:
+            for index, body in frames:
+                try:
+                    bodies = pickle.loads(body)
+                except Exception as err:  # noqa: BLE001 (a module gone, a class renamed...)
+                    log.warning("run %s: outcomes in %s cannot be unpickled here (%s: %s): their "
+                                "calls will run again", self.name, file, type(err).__name__, err)
+                    continue
+                for (function, keys, _), (values, failures) in zip(index, bodies):
+                    self._merge(function, keys, values,
+                                [(at, rebuild(exc, tb)) for at, exc, tb in failures])
+        if len(found) > COMPACT_AFTER:
+            merged = b"".join(frame for _, frames in found for frame in frames.raw)
+            try:
+                protocol.atomic_write(os.path.join(self.folder, f"seg.{unique_token()}{SEGMENT_SUFFIX}"),
+                                      _MAGIC + merged, mode=0o600)
+            except OSError as err:
+                log.warning("run %s: cannot merge its segments: %s", self.name, err)
+                return
+            for file, _ in found:
+                protocol.remove_quietly(os.path.join(self.folder, file))
 
 
-# --- reading runs (the CLI, housekeeping) ----------------------------------------------
+def _meets(table: dict[Key, Any], keys: Sequence[Key]) -> bool:
+    """Whether one of ``keys`` is in ``table``, looking up the fewer: a
+    range larger than the table is asked of each int key of the table."""
+    if type(keys) is range and len(table) < len(keys):
+        return any(type(key) is int and key in keys for key in table)
+    return not table.keys().isdisjoint(keys)
+
+
+class _Spans:
+    """The successes of chunks whose call keys are consecutive ints, as
+    spans ``[start, stop)`` that do not overlap, sorted, each with its values
+    and the offsets of its calls that failed (holes). A chunk that overlaps
+    a span is not added (its caller keeps it per call)."""
+
+    __slots__ = ("starts", "spans")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.spans: list[tuple[int, int, Sequence[Any], frozenset[int]]] = []
+
+    def add(self, start: int, stop: int, values: Sequence[Any], holes: frozenset[int]) -> bool:
+        """Add a span; False (nothing added) if it overlaps one."""
+        at = bisect.bisect_right(self.starts, start)
+        if (at and self.spans[at - 1][1] > start) or (at < len(self.starts) and self.starts[at] < stop):
+            return False
+        self.starts.insert(at, start)
+        self.spans.insert(at, (start, stop, values, holes))
+        return True
+
+    def overlaps(self, start: int, stop: int) -> bool:
+        at = bisect.bisect_right(self.starts, start)
+        return bool((at and self.spans[at - 1][1] > start) or (at < len(self.starts) and self.starts[at] < stop))
+
+    def get(self, key: int) -> tuple[bool, Any]:
+        """(True, the value of call ``key``) if it succeeded, else (False, None)."""
+        at = bisect.bisect_right(self.starts, key) - 1
+        if at >= 0:
+            start, stop, values, holes = self.spans[at]
+            if key < stop and key - start not in holes:
+                return True, values[key - start]
+        return False, None
+
+    def successes(self) -> int:
+        return sum(stop - start - len(holes) for start, stop, _, holes in self.spans)
+
+
+def _private_folder(path: str) -> None:
+    """Make folder ``path`` (mode 0700) if missing; RunError if it is not a
+    folder of this user (a link planted in a shared root is never followed)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise RunError(f"{path} is not a folder of this user (a link?): not used")
+
+
+# --- segments ---------------------------------------------------------------------------
+
+def _frame(name: str, secret: bytes, chunks: list[Chunk]) -> bytes:
+    """One signed frame of ``chunks``: its index and its body (see the module
+    docstring). A chunk whose values cannot be pickled is left out (its calls
+    will run again)."""
+    def body_of(chunk: Chunk) -> tuple[Sequence[Any], list[tuple[int, BaseException, str | None]]]:
+        _, _, values, errors = chunk
+        return values, [(at, exc, _traceback_of(exc)) for at, exc in errors] if errors else []
+
+    try:
+        body = _dumps([body_of(chunk) for chunk in chunks])
+    except Exception:  # noqa: BLE001 (one value cannot be pickled: find which)
+        kept = []
+        for chunk in chunks:
+            try:
+                _dumps(body_of(chunk))
+                kept.append(chunk)
+            except Exception as err:  # noqa: BLE001
+                log.warning("run %s: the outcomes of %d call(s) of %s cannot be pickled, so they "
+                            "are not kept (%s: %s)", name, len(chunk[1]), chunk[0], type(err).__name__, err)
+        chunks = kept
+        body = _dumps([body_of(chunk) for chunk in chunks])
+    index = marshal.dumps([(function, _packed(keys), [at for at, _ in errors])
+                           for function, keys, _, errors in chunks], 2)
+    return _FRAME_HEAD.pack(len(index), len(body), _sign(secret, name, index, body)) + index + body
+
+
+def _packed(keys: Sequence[Key]) -> Any:
+    """Call keys as marshal takes them: a list, or (first, count) for a range."""
+    if type(keys) is range and keys.step == 1:
+        return (keys.start, len(keys))
+    return keys if type(keys) is list else list(keys)
+
+
+def _unpacked(keys: Any) -> Sequence[Key]:
+    """What :func:`_packed` made, back."""
+    if type(keys) is tuple and len(keys) == 2 and type(keys[0]) is int and type(keys[1]) is int \
+            and 0 <= keys[1] <= _MAX_CALLS:
+        return range(keys[0], keys[0] + keys[1])
+    if type(keys) is list and all(map(is_key, keys)):
+        return keys
+    raise ValueError("malformed call keys")
+
+
+def _traceback_of(exc: BaseException) -> str | None:
+    cause = exc.__cause__
+    return cause.tb if isinstance(cause, RemoteTraceback) else None
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 (what the standard pickler refuses, cloudpickle may take)
+        return pickling.dumps(value)
+
+
+def _sign(secret: bytes, name: str, index: bytes, body: bytes) -> bytes:
+    return hmac.digest(secret, b"".join((b"run-frame\0", name.encode(), b"\0", index, b"\0", body)),
+                       "sha256")
+
+
+class _Frames(list):
+    """The frames of a segment whose signatures matched, as (index, body
+    bytes); ``raw``: the bytes of each, to merge segments without unpickling."""
+
+    raw: list[bytes]
+
+
+def _read_segment(folder: str, file: str, name: str, secret: bytes) -> _Frames:
+    """The frames of one segment whose signatures match, up to the first
+    that does not (a driver killed while writing it, or bytes not signed
+    with ``secret``: logged) or the end."""
+    frames = _Frames()
+    frames.raw = []
+    try:
+        raw = protocol.read(os.path.join(folder, file), 30.0)
+    except DdmqError as err:
+        log.warning("run %s: segment %s skipped: %s", name, file, err)
+        return frames
+    if raw is None:
+        return frames
+    if not raw.startswith(_MAGIC):
+        log.warning("run %s: %s is not a segment of a run: ignored", name, file)
+        return frames
+    view = memoryview(raw)
+    at = len(_MAGIC)
+    while at < len(view):
+        if at + _FRAME_HEAD.size > len(view):
+            break
+        index_size, body_size, sig = _FRAME_HEAD.unpack_from(view, at)
+        end = at + _FRAME_HEAD.size + index_size + body_size
+        if end > len(view):
+            break
+        index = bytes(view[at + _FRAME_HEAD.size:at + _FRAME_HEAD.size + index_size])
+        body = bytes(view[end - body_size:end])
+        if not hmac.compare_digest(sig, _sign(secret, name, index, body)):
+            log.warning("run %s: a frame of segment %s is not signed with this root's secret: "
+                        "it and what follows are ignored", name, file)
+            return frames
+        try:
+            frames.append(([(function, _unpacked(keys), raised)
+                            for function, keys, raised in marshal.loads(index)], body))
+        except (EOFError, TypeError, ValueError):
+            break
+        frames.raw.append(bytes(view[at:end]))
+        at = end
+    if at < len(view):
+        log.info("run %s: segment %s ends with a frame cut short (its driver was killed while "
+                 "writing it): the outcomes in it are still in the run's reply queue", name, file)
+    return frames
+
+
+def _segments(folder: str, name: str, secret: bytes) -> Iterator[tuple[str, _Frames]]:
+    for file in sorted(protocol.list_if_there(folder, 30.0, follow=False)):
+        if file.endswith(SEGMENT_SUFFIX):
+            yield file, _read_segment(folder, file, name, secret)
+
+
+# --- reading runs (the CLI) ------------------------------------------------------------
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """The JSON object in file ``path``, or None."""
+    try:
+        data = protocol.read(path, 30.0, 1 << 16)
+        value = None if data is None else json.loads(data)
+    except (ValueError, DdmqError):
+        return None
+    return value if isinstance(value, dict) else None
+
 
 def read_driver(folder: str) -> dict[str, Any] | None:
     """The driver record of the run in ``folder``, or None."""
-    try:
-        data = protocol.read(os.path.join(folder, DRIVER_FILE), 30.0, 1 << 16)
-        return None if data is None else json.loads(data)
-    except (ValueError, DdmqError):
-        return None
+    return read_json(os.path.join(folder, DRIVER_FILE))
 
 
 def driver_alive(record: dict[str, Any]) -> bool:
@@ -352,10 +828,13 @@ def driver_alive(record: dict[str, Any]) -> bool:
 
 
 def _start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot), or None if it does not exist."""
+    """When process ``pid`` started (clock ticks since boot), or None if it
+    does not exist or is a zombie (killed, not reaped yet by its parent)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             fields = handle.read().rsplit(b")", 1)[1].split()
+        if fields[0] in (b"Z", b"X"):
+            return None
         return int(fields[19])
     except (OSError, IndexError, ValueError):
         try:
@@ -365,39 +844,6 @@ def _start_ticks(pid: int) -> int | None:
             return None
         except PermissionError:
             return -1
-
-
-def _sign(secret: bytes, name: str, data: bytes) -> str:
-    mac = hmac.new(secret, b"run-segment\0" + name.encode() + b"\0", hashlib.sha256)
-    mac.update(data)
-    return mac.hexdigest()
-
-
-def _dumps_outcomes(entries: list[tuple[str, bool, Any]]) -> bytes:
-    try:
-        return pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return pickling.dumps(entries)
-
-
-def _read_segments(folder: str, name: str, secret: bytes) -> Iterator[tuple[str, list]]:
-    for file in sorted(protocol.list_if_there(folder, 30.0, follow=False)):
-        if not file.endswith(SEGMENT_SUFFIX):
-            continue
-        try:
-            raw = protocol.read(os.path.join(folder, file), 30.0)
-        except DdmqError as err:
-            log.warning("run %s: segment %s skipped: %s", name, file, err)
-            continue
-        if raw is None:
-            continue
-        head, _, data = raw[len(_MAGIC):].partition(b"\n")
-        if (not raw.startswith(_MAGIC)
-                or not hmac.compare_digest(head, _sign(secret, name, data).encode())):
-            log.warning("run %s: segment %s is not signed with this root's secret: ignored",
-                        name, file)
-            continue
-        yield file, pickle.loads(data)
 
 
 def list_runs(root: str | os.PathLike, secret: bytes | None = None) -> list[RunInfo]:
@@ -413,26 +859,32 @@ def list_runs(root: str | os.PathLike, secret: bytes | None = None) -> list[RunI
 
 
 def run_info(root: str | os.PathLike, name: str, secret: bytes | None = None) -> RunInfo:
-    """What a run holds (RunError if there is no such run)."""
+    """What a run holds (RunError if there is no such run). With ``secret``,
+    its outcomes are counted (from the segments' indexes: no result is unpickled)."""
     check_run_name(name)
     folder = os.path.join(runs_folder(root), name)
     if not protocol.is_folder(folder, 30.0, follow=False):
         raise RunError(f"no run {name!r} in {os.fspath(root)}")
-    size, last = 0, 0.0
+    size, last, files = 0, 0.0, 0
     for file in protocol.list_if_there(folder, 30.0, follow=False):
         st = protocol.lstat(os.path.join(folder, file), 30.0)
         if st is not None:
             size += st.st_size
             last = max(last, st.st_mtime)
-    done = failed = 0
+            files += 1
+    done: set[tuple[str, Key]] = set()
+    failed: set[tuple[str, Key]] = set()
     if secret is not None:
-        outcomes: dict[str, bool] = {}
-        for _, entries in _read_segments(folder, name, secret):
-            for key, ok, _value in entries:
-                outcomes[key] = ok
-        done = sum(outcomes.values())
-        failed = len(outcomes) - done
-    return RunInfo(name, done, failed, size, last, read_driver(folder), reply_queue_of(name))
+        for _, frames in _segments(folder, name, secret):
+            for index, _body in frames:
+                for function, keys, raised in index:
+                    bad = set(raised)
+                    for at, key in enumerate(keys):
+                        (failed if at in bad else done).add((function, key))
+    info = read_json(os.path.join(folder, RUN_FILE)) or {}
+    queue = info.get("queue")
+    return RunInfo(name, len(done), len(failed - done), size, files, last, read_driver(folder),
+                   reply_queue_of(name), queue if isinstance(queue, str) else None)
 
 
 def remove_run(root: str | os.PathLike, name: str) -> None:

@@ -21,6 +21,14 @@ them. Where the root is on a local filesystem it keeps released files as
 *spares* (:class:`ddmq.reuse.SparePool`, its own) and rewrites one for the
 next payload written to their folder: its pages and blocks are there
 already, a new file's are not.
+
+**Folders are never followed.** ``.payloads`` and each spill folder in it are
+opened with ``O_NOFOLLOW | O_DIRECTORY``, one step at a time (the file in it
+is then opened relative to that descriptor), so a symbolic link planted as
+``.payloads`` or as ``.payloads/REPLY`` never leads a read, a write or a
+removal out of the root; to write or remove, the folders must also be this
+user's. A planted folder makes a payload travel inline instead, and is left
+where it is (a link is removed as a name, never followed).
 """
 
 from __future__ import annotations
@@ -29,12 +37,13 @@ import errno
 import logging
 import os
 import re
-import shutil
+import stat
 import time
 from typing import Any, Sequence
 
 from .. import protocol, reuse
 from ..backoff import wait_until
+from ..errors import UnsafeFileError
 from ..settings import DEFAULTS
 from .errors import PayloadMissingError
 
@@ -52,6 +61,63 @@ SPARES_MAX = 8
 SPARE_SIZE_MAX = 16 << 20
 
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}$")
+#: How every folder of the spill store is opened: never through a symbolic link.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(path: str, dir_fd: int | None, own: bool) -> int:
+    """A descriptor of the folder ``path`` (relative to ``dir_fd`` if given),
+    itself and not a symbolic link to one; with ``own``, only a folder of this
+    user. Raises UnsafeFileError if it is not, FileNotFoundError if missing."""
+    try:
+        fd = os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeFileError(f"{path} is not a folder (a symbolic link or a file): "
+                                  "not followed") from None
+        raise
+    if own and os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
+        raise UnsafeFileError(f"{path} is a folder of another user: not written into")
+    return fd
+
+
+def _open_folder(folder: str, own: bool) -> int:
+    """A descriptor of a spill folder ``.../.payloads/REPLY``, neither step
+    followed if it is a link (see :func:`_open_dir`)."""
+    parent, name = os.path.split(folder)
+    parent_fd = _open_dir(parent, None, own)
+    try:
+        return _open_dir(name, parent_fd, own)
+    finally:
+        os.close(parent_fd)
+
+
+def _remove_tree(dir_fd: int, name: str) -> bool:
+    """Remove ``name`` in the open folder ``dir_fd`` with what it holds,
+    never following a link (a link goes as a name); True if it is gone."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+            return True
+        fd = _open_dir(name, dir_fd, own=False)
+        try:
+            for entry in os.listdir(fd):
+                _remove_tree(fd, entry)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=dir_fd)
+        return True
+    except FileNotFoundError:
+        return True
+    except (OSError, UnsafeFileError):
+        return False
 
 
 def spill_folder(root: str | os.PathLike, reply: str) -> str:
@@ -77,10 +143,20 @@ def read_payload(path: str, task: str) -> bytes:
     """The bytes of a spill file. A file another node has just written can
     take a moment to be seen here: it is waited for up to :data:`SPILL_WAIT`
     seconds, then :class:`PayloadMissingError` is raised. Like every read of
-    ddmq (:func:`ddmq.protocol.read`), a link is not followed and only a
-    regular file is read: :class:`~ddmq.errors.UnsafeFileError` otherwise."""
+    ddmq (:func:`ddmq.protocol.read`), a link is not followed, neither the
+    file nor its folders (see the module docstring), and only a regular file
+    is read: :class:`~ddmq.errors.UnsafeFileError` otherwise."""
+    folder, name = os.path.split(path)
+
     def attempt() -> list[bytes]:  # a list, so that an empty file counts as found
-        data = protocol.read(path, RETRY_TIMEOUT)
+        try:
+            folder_fd = _open_folder(folder, own=False)
+        except FileNotFoundError:
+            return []
+        try:
+            data = protocol.read(name, RETRY_TIMEOUT, dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
         return [] if data is None else [data]
 
     found = wait_until(attempt, SPILL_WAIT, first=0.005, most=0.5)
@@ -109,16 +185,26 @@ class SpillStore:
 
     def writer(self, reply: str, name: str) -> SpillWriter:
         """A new spill file ``name`` in the folder of ``reply``, to write and
-        then commit. Raises OSError if it cannot be made (the folder is gone)."""
+        then commit. Raises OSError if it cannot be made (the folder is gone,
+        or is not a folder of this user: a planted link is not written through)."""
         folder = self.folder(reply)
         temp = f"{folder}{os.sep}.tmp-{name}"
         path = f"{folder}{os.sep}{name}"
-        # A spare (a payload file read and done with) is rewritten in place.
-        if self._spares is not None and self._spares.take(folder, 1.0, private=temp) is not None:
-            fd = _open_spare(temp)
-            if fd is not None:
-                return SpillWriter(fd, temp, path, reused=True)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            folder_fd = _open_folder(folder, own=True)
+        except UnsafeFileError as err:
+            log.warning("not writing a spill file: %s", err)
+            raise OSError(errno.EPERM, str(err), folder) from None
+        try:
+            # A spare (a payload file read and done with) is rewritten in place.
+            if self._spares is not None and self._spares.take(folder, 1.0, private=temp) is not None:
+                fd = _open_spare(temp)
+                if fd is not None:
+                    return SpillWriter(fd, temp, path, reused=True)
+            fd = os.open(os.path.basename(temp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         0o600, dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
         return SpillWriter(fd, temp, path, reused=False)
 
     def release(self, path: str) -> None:
@@ -127,7 +213,7 @@ class SpillStore:
         too large to keep."""
         if self._spares is not None:
             try:
-                keep = os.stat(path).st_size <= SPARE_SIZE_MAX
+                keep = os.lstat(path).st_size <= SPARE_SIZE_MAX
             except OSError:
                 keep = False
             if keep and self._spares.retire(path, os.path.dirname(path)):
@@ -141,38 +227,71 @@ class SpillStore:
             self.release(path)
 
     def create(self, reply: str) -> str:
-        """Create the spill folder of ``reply`` (private to the owner); its path."""
+        """Create the spill folder of ``reply`` (private to the owner); its
+        path. Where ``.payloads`` or the folder is not this user's own (a
+        planted link, another user's folder), it is left as it is, with a
+        warning: payloads then travel inline."""
         path = self.folder(reply)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        base = os.path.dirname(path)
+        try:
+            os.mkdir(base, 0o700)
+        except FileExistsError:
+            pass
+        try:
+            base_fd = _open_dir(base, None, own=True)
+        except UnsafeFileError as err:
+            log.warning("no spill folder for %s: %s; large payloads travel inline", reply, err)
+            return path
+        try:
+            try:
+                os.mkdir(reply, 0o700, dir_fd=base_fd)
+            except FileExistsError:
+                os.close(_open_dir(reply, base_fd, own=True))
+        except UnsafeFileError as err:
+            log.warning("no spill folder for %s: %s; large payloads travel inline", reply, err)
+        finally:
+            os.close(base_fd)
         return path
 
     def remove(self, reply: str) -> None:
-        """Delete the spill folder of ``reply`` with whatever is left in it."""
+        """Delete the spill folder of ``reply`` with whatever is left in it
+        (a link in its place goes as a name: it is never followed)."""
         path = self.folder(reply)
         if self._spares is not None:
             self._spares.forget(path)
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            base_fd = _open_dir(os.path.dirname(path), None, own=True)
+        except (OSError, UnsafeFileError):
+            return
+        try:
+            _remove_tree(base_fd, reply)
+        finally:
+            os.close(base_fd)
 
     def prune(self, queues: Sequence[str], older_than: float = 3600.0) -> list[str]:
         """Delete the spill folders whose reply queue is not in ``queues``
         (their executor died) and that did not change for ``older_than``
-        seconds; the paths deleted."""
+        seconds; the paths deleted. Nothing is followed (see :meth:`remove`)."""
         base = os.path.join(self.root, SPILL_DIR)
         try:
-            names = os.listdir(base)
+            base_fd = _open_dir(base, None, own=True)
         except FileNotFoundError:
             return []
+        except (OSError, UnsafeFileError) as err:
+            log.warning("not pruning spill folders: %s", err)
+            return []
         removed = []
-        for name in names:
-            path = os.path.join(base, name)
-            try:
-                stale = name not in queues and time.time() - os.stat(path).st_mtime > older_than
-            except OSError:
-                continue
-            if stale:
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
+        try:
+            for name in os.listdir(base_fd):
+                try:
+                    st = os.stat(name, dir_fd=base_fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if name not in queues and time.time() - st.st_mtime > older_than:
+                    if _remove_tree(base_fd, name):
+                        removed.append(os.path.join(base, name))
+        finally:
+            os.close(base_fd)
         return removed
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FuturesTimeoutError  # builtin TimeoutError since 3.11
 from typing import Any, Callable
 
 from ..message import Message
 from .errors import BrokenDDMQExecutor
+from .runs import TaskKeys
 from .spill import SpillStore
 
 
@@ -27,12 +29,35 @@ class TaskFuture(Future):
     done. A task a lost worker gave back is waiting again, and can be
     cancelled again. ``running()`` stays False: the executor is not told
     when a worker starts a task.
+
+    ``result(timeout)`` and ``exception(timeout)`` raise what ``timed_out(timeout)``
+    returns when the time is up (the executor's: a
+    :class:`~ddmq.executor.errors.ResultTimeoutError`, which is a
+    ``concurrent.futures.TimeoutError`` that says where the tasks stand).
     """
 
-    def __init__(self, task_id: str, withdraw: Callable[[str], bool]):
+    def __init__(self, task_id: str, withdraw: Callable[[str], bool],
+                 timed_out: Callable[[float | None], BaseException] | None = None):
         super().__init__()
         self._task_id = task_id
         self._withdraw = withdraw  # the executor's: deletes the task's message if still waiting
+        self._timed_out = timed_out
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return super().result(timeout)
+        except FuturesTimeoutError as err:
+            if self._timed_out is None or (self.done() and self._exception is err):
+                raise  # no time-out: the task itself raised a TimeoutError
+            raise self._timed_out(timeout) from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        try:
+            return super().exception(timeout)
+        except FuturesTimeoutError:
+            if self._timed_out is None:
+                raise
+            raise self._timed_out(timeout) from None
 
     def cancel(self) -> bool:
         if self.cancelled():
@@ -47,7 +72,8 @@ class TaskFuture(Future):
 class TaskRecord:
     """One task message: the calls it carries and the future they resolve."""
 
-    __slots__ = ("id", "future", "ncalls", "single", "fn_name", "msg", "payload_file")
+    __slots__ = ("id", "future", "ncalls", "single", "fn_name", "msg", "payload_file", "deaths",
+                 "keys")
 
     def __init__(self, task_id: str, future: TaskFuture, ncalls: int, single: bool, fn_name: str,
                  payload_file: str | None):
@@ -58,6 +84,10 @@ class TaskRecord:
         self.fn_name = fn_name
         self.payload_file = payload_file  # the spill file of a large task payload
         self.msg: Message | None = None   # the task message, once published
+        # How each worker that died holding it ended, in the order found
+        # ("worker HOST:PID was killed by SIGKILL ..."; see ddmq.executor.deaths).
+        self.deaths: list[str] = []
+        self.keys: TaskKeys | None = None  # in a named run: the keys of its calls (ddmq.executor.runs)
 
 
 class TaskTable:
@@ -69,6 +99,7 @@ class TaskTable:
         self._lock = threading.Lock()
         self._by_id: dict[str, TaskRecord] = {}
         self._by_msg_id: dict[str, str] = {}
+        self.settled = 0  # tasks whose futures this table resolved (with a value or an error)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -119,6 +150,8 @@ class TaskTable:
     def settle(self, task: TaskRecord, value: Any, error: BaseException | None) -> None:
         """Forget ``task`` and resolve its future, unless someone else did first."""
         if self.forget(task):
+            with self._lock:
+                self.settled += 1
             settle(task.future, value, error)
 
     def break_all(self, reason: str) -> None:

@@ -24,16 +24,26 @@ batch share one reply message per reply queue (a reply body is a list of
 envelopes) and their acks one call. Large results go to the executor's
 spill folder (:mod:`ddmq.executor.spill`).
 
-A worker that dies (SIGKILL, node crash) stops extending its lease; the
-housekeeping of any executor or worker on the queue requeues the task once
-the lease expires, and another worker runs it. A task that keeps killing its
-workers is dead-lettered after its requeue limit (the executor's
-``retries``) and its future fails.
+A worker that dies (SIGKILL, node crash) is noticed by the executor in
+seconds (:mod:`ddmq.executor.deaths`): a local one when it exits, one
+elsewhere when its heartbeat stops; the tasks it held (their work names end
+with its claimer tag, which its heartbeat record gives) are requeued then,
+and other workers run them. Failing that, the housekeeping of any executor
+or worker on the queue requeues them when their leases expire. A task that
+keeps killing its workers is dead-lettered after its requeue limit (the
+executor's ``retries``) and its future fails, saying how each worker died.
 
 SIGTERM or SIGINT: the worker stops taking tasks; a running task may finish
 within ``--grace`` seconds, else it is given back to the queue (``nack``) for
 another worker. A second signal gives it back at once. Either way the worker
 removes its heartbeat record and exits 0.
+
+A task whose executor is gone (its reply queue deleted: shut down, Ctrl-C;
+or the executor dead) is acked without running it, and one that runs when
+its executor goes is stopped (:mod:`ddmq.executor.reaper`, which uses
+``SIGURG``). On a full filesystem, results that cannot be published, and
+tasks that cannot be given back, are tried again as space returns, for up
+to ``retry_timeout``.
 
 Tasks run in the worker's own process, in its main thread, one at a time, so
 they can use signals and anything else a script's main thread can. Workers
@@ -47,6 +57,7 @@ The command line (:func:`main`) is at the bottom of this module;
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
 import os
@@ -60,16 +71,21 @@ from typing import Any, Callable, Sequence
 from .. import __version__
 from ..backoff import Backoff, wait_until
 from ..broker import Broker
-from ..errors import DdmqError, InvalidNameError, LeaseLostError, QueueNotFoundError
+from ..errors import DdmqError, FilesystemError, InvalidNameError, LeaseLostError, QueueNotFoundError
 from ..layout import DEAD, HOST, check_queue_name
+from ..root import check_root_path
 from ..message import Message
+from ..reuse import filesystem_type
 from ..watch import FolderWatcher
 from . import heartbeat as heartbeat_records
-from .envelope import Failure, Refusal, check_task, dump_result, failure, load_task
+from .envelope import Failure, Refusal, check_task, dump_result, echo_keys, failure, load_task
 from .errors import PayloadMissingError, SignatureError
+from .environment import unpickling_note
 from .keeper import KEEPER_TICK, Keeper, RunningTask
+from .reaper import OrphanTasks, TaskDropped
 from .secret import load_secret
 from .spill import SpillStore
+from .walltime_guard import Walltime, WorkerWalltime, job_end
 
 __all__ = ["Worker", "build_parser", "main"]
 
@@ -82,12 +98,24 @@ ERROR_PAUSE_MAX = 30.0
 #: over all workers; quick ones then cost fewer file operations each, as their
 #: results share one reply message and their acks one call.
 MAX_BATCH = 16
+#: Filesystems whose every change goes through this node's kernel, so that a
+#: folder watch (inotify) sees each message arrive: there an idle worker looks
+#: at its queue only every LOCAL_POLL_MAX seconds (a look costs CPU; 64 idle
+#: workers looking every second would use 2 % of a core), elsewhere (NFS,
+#: Lustre, GlusterFS: messages from other nodes are not seen) every
+#: ``poll_max`` (the queue's setting, 1 s by default).
+LOCAL_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs",
+                               "zfs", "overlay"})
+LOCAL_POLL_MAX = 10.0
 #: Seconds a task may take on average for its worker to keep claiming batches.
 QUICK_TASK = 0.005
 #: When the tasks of a batch not started yet would take longer than this
 #: (s) at the pace of the last one, the worker gives them back for other
 #: workers (a requeue each: worth it only for that much work).
 HOARD_SECONDS = 1.0
+#: errno values of a full filesystem (no space, quota exceeded): results that
+#: cannot be published for these are tried again as space returns.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class _Stop(Exception):
@@ -111,15 +139,21 @@ class Worker:
     ``heartbeat``: seconds between heartbeat records. ``grace``: seconds a
     running task may go on after SIGTERM/SIGINT before it is given back.
     ``parent``: stop when the process with that pid is no longer this
-    worker's parent (the executor that started it died).
+    worker's parent (the executor that started it died). ``drain_margin``,
+    ``idle_margin``: in a Slurm job, seconds before the job's end at which
+    the worker stops claiming tasks, and gives back what it still runs (see
+    :mod:`ddmq.executor.walltime_guard`; None: the defaults there).
 
     Creates the root (mode 0700), the queue and the root's secret if missing.
     """
 
     def __init__(self, root: str | os.PathLike, queue: str = "tasks", *,
                  max_tasks: int | None = None, idle_timeout: float | None = None,
-                 heartbeat: float = 10.0, grace: float = 30.0, parent: int | None = None):
+                 heartbeat: float = heartbeat_records.DEFAULT_INTERVAL, grace: float = 30.0,
+                 parent: int | None = None, drain_margin: float | None = None,
+                 idle_margin: float | None = None):
         check_queue_name(queue)
+        root = check_root_path(root)  # "" is not the current folder
         setup = Broker(root, create=True)
         setup.create_queue(queue)
         setup.close()
@@ -137,6 +171,7 @@ class Worker:
         self._spills = SpillStore(self.root)
         self._watcher = FolderWatcher()
         self._keeper = Keeper(self)
+        self._orphans = OrphanTasks(self)  # tasks whose executor is gone are dropped
         # Shared with the keeper thread, under _lock: the running task (and
         # the lease of its message), the batch's tasks not started, and the
         # answers of those that ran, not sent yet.
@@ -152,6 +187,12 @@ class Worker:
         self._interruptible = False
         self._batch = 1  # task messages to claim at once (see MAX_BATCH)
         self._last_run = 0.0  # seconds the calls of the last task took (see HOARD_SECONDS)
+        self._room_given_up = -math.inf  # when _when_room last waited in vain for space
+        # In a Slurm job: when it ends, which tasks still fit, the drain (SIGUSR1).
+        self._walltime = WorkerWalltime(self, Walltime(job_end(), drain_margin=drain_margin,
+                                                       idle_margin=idle_margin))
+        self._task_env: Any = None  # the "env" of the running task's envelope (see _call)
+        self._sees_all: bool | None = None  # inotify sees every change of the queue (see _poll_max)
 
     # --- the main loop ------------------------------------------------------------
 
@@ -161,6 +202,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGUSR1, self._on_drain)
         try:
             heartbeat_records.prune_lost(self.root)
         except (OSError, DdmqError) as err:
@@ -198,12 +240,14 @@ class Worker:
                 log.error("queue %s was deleted from %s: stopping", self.queue, self.root)
                 return 1
             if not msgs:
-                self._stop_reason = f"idle for --idle-timeout {self.idle_timeout} s"
+                self._stop_reason = (self._walltime.stop_reason()
+                                     or f"idle for --idle-timeout {self.idle_timeout} s")
                 return 0
             self._run_batch(msgs)
 
     def _next_messages(self, n: int) -> list[Message]:
-        """Claim up to ``n`` task messages; [] after ``idle_timeout`` s.
+        """Claim up to ``n`` task messages; [] after ``idle_timeout`` s (or
+        at the drain point of the worker's Slurm job, see :mod:`.walltime_guard`).
 
         Waits like ``consume(wait=...)`` (inotify where it works, else
         polling with back-off up to the queue's ``poll_max``), but so that a
@@ -213,7 +257,8 @@ class Worker:
         the next look comes after a longer pause (up to :data:`ERROR_PAUSE_MAX`).
         """
         folder = os.path.join(self.root, self.queue)
-        deadline = None if self.idle_timeout is None else time.monotonic() + self.idle_timeout
+        timeout = self._walltime.wait_limit(self.idle_timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         errors = Backoff(0.1, ERROR_PAUSE_MAX)
 
         def sleep(pause: float) -> None:
@@ -239,10 +284,14 @@ class Worker:
                 return []
             return got if isinstance(got, list) else [got] if got is not None else []
 
-        return wait_until(attempt, self.idle_timeout, first=0.001, most=self._poll_max, sleep=sleep)
+        return wait_until(attempt, timeout, first=0.001, most=self._poll_max, sleep=sleep)
 
     def _poll_max(self) -> float:
-        return float(self.broker.get_settings(self.queue)["poll_max"])
+        most = float(self.broker.get_settings(self.queue)["poll_max"])
+        if self._sees_all is None:  # asked once: the root does not move
+            self._sees_all = (filesystem_type(self.root) in LOCAL_FILESYSTEMS
+                              and self._watcher.watches(os.path.join(self.root, self.queue)))
+        return max(most, LOCAL_POLL_MAX) if self._sees_all else most
 
     def _run_batch(self, msgs: list[Message]) -> None:
         """Run claimed task messages one after the other, then send their
@@ -259,8 +308,9 @@ class Worker:
         self._last_run = 0.0
         for index, msg in enumerate(msgs):
             elapsed = time.monotonic() - started
-            if index and (self._stopping or self._last_run * (len(msgs) - index) > HOARD_SECONDS
-                          or elapsed > self._lease_of(msg) / 3):
+            if (index and (self._stopping or self._last_run * (len(msgs) - index) > HOARD_SECONDS
+                           or elapsed > self._lease_of(msg) / 3)
+                    or not self._walltime.admits(msg.message)):  # would outlast the Slurm job
                 with self._lock:
                     self._queued = []
                 for rest in msgs[index:]:
@@ -285,6 +335,8 @@ class Worker:
         """Verify and run one task message; its answer, or None if it was
         refused or dropped (then it is already dealt with)."""
         doc = msg.message
+        if self._orphans.drop_if_orphan(msg):  # its executor is gone: acked, not run (see reaper)
+            return None
         try:
             task = check_task(self.secret, doc, self.root)
         except SignatureError as err:
@@ -296,15 +348,22 @@ class Worker:
         running = RunningTask(msg, task.id, self._lease_of(msg))
         with self._lock:
             self._running = running
-        if running.lease / 3 < KEEPER_TICK:
-            self._keeper.wake()  # the keeper's next tick would come too late for this lease
+        if running.lease / 3 < KEEPER_TICK or self._keeper.dozing:
+            self._keeper.wake()  # its next tick would come too late (for this lease, or the record)
         began = time.monotonic()
-        try:
-            values, failures = self._call(task.id, task.payload)
+        self._walltime.starting(doc)
+        self._task_env = doc.get("env")
+        try:  # None: the keeper dropped it while it ran, its executor being gone
+            outcome = self._orphans.run(msg, task.id, task.reply,
+                                        lambda: self._call(task.id, task.payload))
         finally:
             self._last_run = time.monotonic() - began
+            self._walltime.ran(doc, self._last_run)
             with self._lock:  # from here on the keeper no longer touches msg
                 self._running = None
+        if outcome is None:
+            return None
+        values, failures = outcome
         try:
             result = dump_result(self.secret, task.id, task.reply, self.name, values, failures,
                                  self._spills)
@@ -313,6 +372,7 @@ class Worker:
                                          f"cannot be sent back: {type(err).__name__}: {err}")
             result = dump_result(self.secret, task.id, task.reply, self.name, None,
                                  [(None, error, None)])
+        echo_keys(msg.message, result)  # a named run's call keys, for whichever driver reads it
         if running.lease_lost:
             log.warning("task %s ran past a lost lease (another worker may run it again); "
                         "sending its result anyway: the executor keeps the first one", task.id)
@@ -325,13 +385,17 @@ class Worker:
         try:
             fn, arglists, kwargs = load_task(payload)
         except Exception as err:
+            note = unpickling_note(self._task_env)  # the versions that differ, if the task said
             return None, [failure(None, err, f"while loading task {task} on worker {self.name} "
-                                             "(workers must be able to import what the task needs)")]
+                                             "(workers must be able to import what the task needs)"
+                                             + (f"; {note}" if note else ""))]
         values: list[Any] = []
         failures: list[Failure] = []
         for index, args in enumerate(arglists):
             try:
                 values.append(fn(*args) if kwargs is None else fn(*args, **kwargs[index]))
+            except TaskDropped:  # the executor is gone: the rest of the calls are not made
+                raise
             except BaseException as err:  # noqa: B036 (SystemExit of a task is its outcome)
                 values.append(None)
                 failures.append(failure(index, err, f"in task {task} on worker {self.name}"))
@@ -353,7 +417,10 @@ class Worker:
         done: list[_Answer] = []
         for reply, group in by_reply.items():
             try:
-                self.broker.publish(reply, [a.result for a in group])
+                if not self._publish_results(reply, group):
+                    with self._lock:  # the filesystem is full: sent again later
+                        self._unsent.extend(group)
+                    continue
                 done.extend(group)
                 continue
             except QueueNotFoundError:
@@ -379,6 +446,70 @@ class Worker:
                         "results will be ignored)", len(done), err)
         log.debug("done: tasks %s", ", ".join(a.task for a in done))
 
+    def _publish_results(self, reply: str, group: list[_Answer]) -> bool:
+        """Publish the results of ``group`` to ``reply`` (True). On a full
+        filesystem they are not given back, which would have them run again:
+        the main thread tries again as space returns (:meth:`_when_room`); the
+        keeper thread leaves them for later (False), unless the worker is
+        stopping. Raises the broker's errors otherwise."""
+        body = [a.result for a in group]
+        try:
+            self._when_room(lambda: self.broker.publish(reply, body), f"publish results to {reply}",
+                            [a.msg for a in group])
+            return True
+        except FilesystemError as err:
+            if err.errno in FULL_ERRNOS and threading.current_thread() is self._keeper \
+                    and not self._stopping:
+                log.debug("cannot publish results to %s now: %s", reply, err)
+                return False
+            raise
+
+    def _when_room(self, act: Callable[[], Any], what: str, held: list[Message]) -> None:
+        """``act()``. On a full filesystem (:data:`FULL_ERRNOS`), the main
+        thread does it again with back-off as space returns, for up to the
+        queue's ``retry_timeout`` (less if told to stop and the grace period
+        ends), extending the leases of the messages ``held`` meanwhile (a
+        rename needs no space). Raises the last error if it never succeeds,
+        and at once in the keeper thread, which must not wait."""
+        try:
+            act()
+            return
+        except FilesystemError as err:
+            if err.errno not in FULL_ERRNOS or threading.current_thread() is self._keeper:
+                raise
+            last = err
+        timeout = float(self.broker.get_settings(self.queue)["retry_timeout"])
+        if time.monotonic() - self._room_given_up < timeout:
+            raise last  # still full: waiting for each of a batch would take its length times
+        log.warning("cannot %s: %s; trying again for up to %.0f s", what, last, timeout)
+        lease = min(self._lease_of(msg) for msg in held)
+        next_extend = 0.0
+
+        def attempt() -> bool:
+            nonlocal last, next_extend
+            if self._stopping and time.monotonic() >= self._stop_deadline:
+                raise last  # told to stop, and the grace period is over
+            if time.monotonic() >= next_extend:
+                next_extend = time.monotonic() + lease / 3
+                for msg in held:
+                    try:
+                        self.broker.extend_lease(msg, self._lease_of(msg))
+                    except DdmqError:
+                        pass  # lost: it may run again; its duplicate result is ignored
+            try:
+                act()
+                return True
+            except FilesystemError as err:
+                if err.errno not in FULL_ERRNOS:
+                    raise
+                last = err
+                return False
+
+        if not wait_until(attempt, timeout, first=0.05, most=2.0):
+            self._room_given_up = time.monotonic()
+            raise last
+        log.warning("could %s: the filesystem has room again", what)
+
     def _refuse(self, msg: Message, doc: Any, err: SignatureError) -> None:
         """Dead-letter a task that failed verification and tell its executor."""
         task = doc.get("task") if isinstance(doc, dict) else None
@@ -397,7 +528,8 @@ class Worker:
             return
         try:
             check_queue_name(reply)
-            self.broker.publish(reply, [Refusal(task, self.name, f"{err}; message {where}").to_doc()])
+            self.broker.publish(reply, [Refusal(task, self.name, f"{err}; message {where}")
+                                        .to_doc(self.secret, reply)])
         except (InvalidNameError, QueueNotFoundError):
             pass
         except DdmqError as pub_err:
@@ -412,13 +544,15 @@ class Worker:
         except DdmqError:
             pass
         try:
-            self.broker.publish(doc["reply"], [Refusal(doc["task"], self.name, str(err)).to_doc()])
+            self.broker.publish(doc["reply"], [Refusal(doc["task"], self.name, str(err))
+                                               .to_doc(self.secret, doc["reply"])])
         except DdmqError:
             pass
 
     def _nack(self, msg: Message, task: str) -> None:
-        try:
-            self.broker.nack(msg, requeue=True, count=False)  # a hand-back is not a failed try
+        try:  # a hand-back is not a failed try; on a full disk, tried again as space returns
+            self._when_room(lambda: self.broker.nack(msg, requeue=True, count=False),
+                            f"give task {task} back", [msg])
         except DdmqError as err:
             log.warning("cannot give task %s back: %s (it is requeued when its lease ends)", task, err)
 
@@ -433,6 +567,14 @@ class Worker:
             self._stopping = True
             self._stop_reason = f"{signal.Signals(signum).name} received"
             self._stop_deadline = time.monotonic() + self.grace
+        if self._interruptible:
+            raise _Stop
+
+    def _on_drain(self, signum: int, frame: Any) -> None:
+        # SIGUSR1, forwarded by a Slurm job's batch shell before its time
+        # limit: take no new task, finish the running one if it fits (see
+        # walltime_guard). No locks, no logging, as in _on_signal.
+        self._walltime.on_signal()
         if self._interruptible:
             raise _Stop
 
@@ -484,7 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="signals:\n"
                "  SIGTERM/SIGINT  stop taking tasks; the running task may finish within\n"
                "                  --grace seconds, else it goes back to the queue for another\n"
-               "                  worker (a second signal: at once). The exit status is 0.\n\n"
+               "                  worker (a second signal: at once). The exit status is 0.\n"
+               "  SIGUSR1         drain (a Slurm job's time limit is near): take no new task;\n"
+               "                  the running one finishes if it fits before the job's end\n"
+               "                  minus --idle-margin, else it goes back to the queue.\n\n"
                "examples:\n"
                "  python -m ddmq.worker ~/ddmq-root                  # serve queue 'tasks' until stopped\n"
                "  python -m ddmq.worker ~/ddmq-root --idle-timeout 600 -v\n"
@@ -498,12 +643,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit (status 0) after N task messages; a chunk of map() counts as one")
     parser.add_argument("--idle-timeout", type=_above_zero(float), metavar="S",
                         help="exit (status 0) after S seconds without a task (default: never)")
-    parser.add_argument("--heartbeat", type=_above_zero(float), default=10.0, metavar="S",
-                        help="seconds between heartbeat records; a worker silent for 3 of them "
-                             "is listed as lost (default: %(default)s)")
+    parser.add_argument("--heartbeat", type=_above_zero(float),
+                        default=heartbeat_records.DEFAULT_INTERVAL, metavar="S",
+                        help="seconds between heartbeats; a worker silent for 3 of them is lost, "
+                             "and the tasks it held are run again (default: %(default)s)")
     parser.add_argument("--grace", type=float, default=30.0, metavar="S",
                         help="seconds a running task may go on after SIGTERM/SIGINT before it is "
                              "given back to the queue (default: %(default)s)")
+    parser.add_argument("--drain-margin", type=float, metavar="S",
+                        help="in a Slurm job: stop taking tasks S seconds before the job's time "
+                             "limit (default: 120, at most a quarter of the time left at start, "
+                             "at least 10); tasks are taken before that only if they fit")
+    parser.add_argument("--idle-margin", type=float, metavar="S",
+                        help="in a Slurm job: give back the running task and exit S seconds "
+                             "before the job's time limit (default: 10, at most half the drain "
+                             "margin)")
     parser.add_argument("--parent", type=int, metavar="PID",
                         help="stop as on SIGTERM when process PID, which started this worker, is "
                              "gone (DDMQExecutor passes this for the workers it starts)")
@@ -523,10 +677,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.grace < 0:
         log.error("--grace must be 0 or more")
         return 2
+    for option, value in (("--drain-margin", args.drain_margin), ("--idle-margin", args.idle_margin)):
+        if value is not None and not 0 <= value < math.inf:
+            log.error("%s must be 0 or more seconds", option)
+            return 2
     try:
         worker = Worker(args.root, args.queue, max_tasks=args.max_tasks,
                         idle_timeout=args.idle_timeout, heartbeat=args.heartbeat,
-                        grace=args.grace, parent=args.parent)
+                        grace=args.grace, parent=args.parent, drain_margin=args.drain_margin,
+                        idle_margin=args.idle_margin)
     except (DdmqError, OSError) as err:
         log.error("cannot start a worker on %s: %s", args.root, err)
         return 1

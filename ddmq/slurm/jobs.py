@@ -79,11 +79,12 @@ class SlurmJobs:
     ``max_array_size``: the largest array to submit (default, and never more
     than: the cluster's ``MaxArraySize``); more jobs go in several arrays.
     ``idle_timeout``: the workers' ``--idle-timeout`` in the jobs of a fixed
-    number (default: none, they serve until cancelled or out of time); in
+    number (default: that of ``workers``, else none: they serve until
+    cancelled or out of time); in
     adaptive mode, that of the jobs added beyond the minimum (default
     :data:`ADAPTIVE_IDLE_TIMEOUT`; the minimum's never stop for idleness).
-    ``drain_margin``: seconds before the time limit at which the workers are
-    told to drain (see :mod:`.walltime`). ``worker_args``: more options for
+    ``drain_margin``: seconds before the time limit at which the workers
+    drain (see :mod:`.walltime`; default: that of ``workers``). ``worker_args``: more options for
     ``python -m ddmq.worker``. ``log_dir``: where the jobs write their output
     (default ``ROOT/.slurm``; it must be on a filesystem the nodes share).
     ``poll_interval``: least seconds between two ``squeue`` calls.
@@ -103,7 +104,7 @@ class SlurmJobs:
             raise ValueError("worker_args must be a list of strings, not a string")
         self.workers = workers
         self.max_array_size = max_array_size
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = idle_timeout if idle_timeout is not None else workers.idle_timeout
         self.drain_margin = drain_margin
         self.worker_args = tuple(worker_args)
         self.log_dir = os.fspath(log_dir) if log_dir is not None else None
@@ -157,11 +158,13 @@ class SlurmJobs:
         if self.max_array_size is not None:
             limit = min(limit, self.max_array_size)
         log_dir = self.log_dir or os.path.join(tag.root, LOG_DIR)
-        margin = drain_margin(self.workers.time_seconds, self.drain_margin)
+        margin = drain_margin(self.workers.time_seconds, self.drain_margin
+                              if self.drain_margin is not None else self.workers.drain_margin)
         script = batch_script(self.workers, tag, grace=worker_grace(config.kill_wait),
                               pythonpath=None if "PYTHONPATH" in self.workers.env else _pythonpath(),
                               forward_term=not config.term_reaches_children,
-                              idle_timeout=idle_timeout, worker_args=self.worker_args)
+                              idle_timeout=idle_timeout, worker_args=self.worker_args,
+                              drain_margin=margin)
         plans = []
         while jobs > 0:
             size = min(jobs, limit)

@@ -11,7 +11,7 @@ array task runs that script::
       ├── asks squeue once when the job ends: DDMQ_JOB_END_TIME for the workers
       ├── python -m ddmq.worker ROOT --queue Q --grace G -v [...]    x workers_per_job
       │     (interpreter and PYTHONPATH of the submitting process)
-      ├── on SIGUSR1 (--signal=B:USR1@MARGIN): SIGTERM to its workers (see .walltime)
+      ├── on SIGUSR1 (--signal=B:USR1@MARGIN): SIGUSR1 to its workers, which drain (see .walltime)
       ├── on SIGTERM (scancel, time limit): SIGTERM to its workers, unless Slurm
       │     signals them itself (proctrack/linuxproc: a second SIGTERM would cut
       │     their grace; proctrack/cgroup signals the batch shell alone)
@@ -55,7 +55,7 @@ def sbatch_command(workers: SlurmWorkers, tag: JobTag, size: int, *, margin: int
 
 def batch_script(workers: SlurmWorkers, tag: JobTag, *, grace: int, pythonpath: str | None,
                  forward_term: bool = True, idle_timeout: float | None = None,
-                 worker_args: Sequence[str] = ()) -> str:
+                 worker_args: Sequence[str] = (), drain_margin: int | None = None) -> str:
     """The script each array task runs: starts ``workers.workers_per_job``
     workers on ``tag``'s root and queue and waits for them.
 
@@ -64,7 +64,9 @@ def batch_script(workers: SlurmWorkers, tag: JobTag, *, grace: int, pythonpath: 
     ``pythonpath``: the workers' ``PYTHONPATH`` (None: as the job has it),
     unless ``workers.env`` sets it. ``idle_timeout``: the workers'
     ``--idle-timeout`` (None: they never stop for lack of work).
-    ``worker_args``: more ``python -m ddmq.worker`` options, after ddmq's."""
+    ``worker_args``: more ``python -m ddmq.worker`` options, after ddmq's.
+    ``drain_margin``: the workers' ``--drain-margin`` (that of ``--signal``),
+    with ``workers.idle_margin`` as their ``--idle-margin`` if set."""
     q = shlex.quote
     env: dict[str, str | None] = {}
     if pythonpath is not None:
@@ -77,6 +79,10 @@ def batch_script(workers: SlurmWorkers, tag: JobTag, *, grace: int, pythonpath: 
     if idle_timeout is not None:
         command += ["--idle-timeout", f"{idle_timeout:g}"]
     command += list(worker_args)
+    if drain_margin is not None:
+        command += ["--drain-margin", str(drain_margin)]
+    if workers.idle_margin is not None:
+        command += ["--idle-margin", f"{workers.idle_margin:g}"]
     lines = [
         "#!/bin/bash",
         f"# ddmq workers for queue {tag.queue} of {tag.root} (written by ddmq.slurm)",

@@ -58,7 +58,16 @@ class SlurmWorkers:
     ``python``: the workers' interpreter (default: this one,
     ``sys.executable``). ``env``: variables to set in the job (a value None
     unsets one); by default the job gets the submitting process's
-    ``PYTHONPATH`` and ``sys.path``, as local workers do.
+    ``PYTHONPATH`` and ``sys.path``, as local workers do. ``drain_margin``:
+    seconds before the time limit at which the workers drain (take no new
+    task; Slurm's SIGUSR1 is asked for then; default 120, at most a quarter
+    of the limit, at least 10). ``idle_margin``: seconds before the limit at
+    which a worker gives back the task it still runs and exits (default 10,
+    at most half the drain margin). Before the drain, a worker starts only
+    tasks that fit (see :mod:`ddmq.executor.walltime_guard`).
+    ``idle_timeout``: seconds after which a worker with nothing to do ends
+    (and its job with it): in adaptive mode, those of the jobs added beyond
+    the minimum (default 120); else every worker (default: never).
 
     Raises ValueError for a value sbatch would not take.
     """
@@ -67,7 +76,9 @@ class SlurmWorkers:
                  time: str | float | datetime.timedelta | None = None, partition: str | None = None,
                  mem: str | int | None = None, cpus_per_worker: int = 1, gpus: int | str | None = None,
                  account: str | None = None, sbatch_args: Sequence[str] = (),
-                 python: str | None = None, env: Mapping[str, str | None] | None = None):
+                 python: str | None = None, env: Mapping[str, str | None] | None = None,
+                 drain_margin: float | None = None, idle_margin: float | None = None,
+                 idle_timeout: float | None = None):
         if isinstance(jobs, tuple):
             if len(jobs) != 2:
                 raise ValueError(f"jobs must be a number or a (min, max) pair, not {jobs!r}")
@@ -117,6 +128,16 @@ class SlurmWorkers:
             if value is not None and (not isinstance(value, str) or "\0" in value):
                 raise ValueError(f"the value of {key} must be a string or None, not {value!r}")
         self.env: dict[str, str | None] = env
+        for label, margin in (("drain_margin", drain_margin), ("idle_margin", idle_margin)):
+            if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                                       or not 0 <= margin < float("inf")):
+                raise ValueError(f"{label} must be 0 or more seconds, not {margin!r}")
+        self.drain_margin = drain_margin
+        self.idle_margin = idle_margin
+        if idle_timeout is not None and (isinstance(idle_timeout, bool) or not isinstance(
+                idle_timeout, (int, float)) or not 0 < idle_timeout < float("inf")):
+            raise ValueError(f"idle_timeout must be more than 0 seconds, not {idle_timeout!r}")
+        self.idle_timeout = idle_timeout
 
     # --- what it means -------------------------------------------------------------
 
@@ -157,7 +178,7 @@ class SlurmWorkers:
         given = [repr(self.jobs)]
         defaults: dict[str, object] = {"workers_per_job": 1, "time": None, "partition": None, "mem": None,
                     "cpus_per_worker": 1, "gpus": None, "account": None, "sbatch_args": (),
-                    "env": {}}
+                    "env": {}, "drain_margin": None, "idle_margin": None, "idle_timeout": None}
         for name, default in defaults.items():
             value = getattr(self, name)
             if value != default:

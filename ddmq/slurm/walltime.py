@@ -6,12 +6,13 @@ The drain convention (what :mod:`.script` sets up, and what a worker may rely on
   seconds before the time limit (Slurm checks every minute or so, so it may
   come up to a minute early or late), Slurm sends SIGUSR1 to the batch
   shell, and to nothing else.
-- The batch shell forwards :data:`FORWARDED_SIGNAL` to every worker it
-  started. Today that is SIGTERM, which the worker already treats as "stop
-  taking tasks; the running one may finish within ``--grace`` seconds, else
-  give it back to the queue" (its task then runs in another job, with no
-  retry used up). A worker that learns SIGUSR1 (finish what fits, give back
-  what does not, exit 0) makes it USR1 here, and nothing else changes.
+- The batch shell forwards :data:`FORWARDED_SIGNAL`, SIGUSR1, to every
+  worker it started, which drains: it takes no new task, lets the running
+  one finish if it fits before the job's end (less ``--idle-margin``), else
+  gives it back to the queue (not counted as a failed attempt: it runs
+  again in another job), and exits 0. The worker also drains by its own
+  clock at ``END - --drain-margin``, whichever comes first, and before that
+  starts only tasks that fit (see :mod:`ddmq.executor.walltime_guard`).
 - At the limit itself, and on ``scancel``, Slurm sends SIGTERM, then SIGKILL
   ``KillWait`` seconds later. Who gets the SIGTERM depends on the cluster's
   ``ProctrackType``: with ``proctrack/cgroup`` (most clusters) the batch
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 
 #: What Slurm sends the batch shell ``MARGIN`` seconds before the time limit.
 DRAIN_SIGNAL = "USR1"
-#: What the batch shell sends its workers on :data:`DRAIN_SIGNAL`.
-FORWARDED_SIGNAL = "TERM"
+#: What the batch shell sends its workers on :data:`DRAIN_SIGNAL` (the worker drains on it).
+FORWARDED_SIGNAL = "USR1"
 #: Seconds before the time limit at which workers start draining, by default.
 DEFAULT_DRAIN_MARGIN = 120
 #: Least drain margin: Slurm's own resolution is about a minute, so less means little.

@@ -142,3 +142,36 @@ def test_queue_throughput_on_the_shared_volume_and_on_local_disk(cluster: Cluste
                                         "total": round(row["total_rate"])}
     assert {"gluster ddmq", "gluster raw", "local disk ddmq", "local disk raw"} <= set(rates)
     record("queue throughput (msg/s, n=1000, 1 rep)", **rates)
+
+
+#: Seconds an idle worker is watched: several heartbeats at the default interval.
+IDLE_WORKER_SECONDS = 30
+
+
+def test_idle_worker_costs_the_server_little(cluster: Cluster, workers, tmp_path):
+    """An idle ``python -m ddmq.worker`` (default settings: its polls, its housekeeping and its
+    heartbeat record) must stay within the README's figure of about 3 server operations per idle
+    second: a thousand idle workers are a few thousand operations per second."""
+    rel, b = new_root(cluster, "idleworker", node="c", tasks={})
+    cluster.profile_start()
+    workers.start("w", "a", cluster.path("a", rel))
+    record_file = None
+    deadline = time.monotonic() + 60
+    while record_file is None and time.monotonic() < deadline:
+        names = os.listdir(cluster.path("c", rel, ".workers")) \
+            if os.path.isdir(cluster.path("c", rel, ".workers")) else []
+        record_file = next((n for n in names if n.endswith(".json")), None)
+        time.sleep(0.2)
+    assert record_file, workers.text("w")
+    time.sleep(5)  # back-off to poll_max, a first housekeeping round
+    cluster.profile_interval()
+    started = time.monotonic()
+    time.sleep(IDLE_WORKER_SECONDS)
+    fops = cluster.profile_interval()
+    seconds = time.monotonic() - started
+    assert workers.running() == ["w"], workers.text("w")
+    per_s = sum(v for k, v in fops.items() if k not in DATA_FOPS) / seconds
+    record("idle worker server load", window_s=round(seconds, 1),
+           server_metadata_ops_per_s=round(per_s, 2),
+           server_ops_per_s={k: round(v / seconds, 2) for k, v in sorted(fops.items())})
+    assert per_s <= IDLE_FOPS_PER_S_MAX, f"an idle worker costs the server {per_s:.1f} ops/s: {fops}"

@@ -42,3 +42,8 @@ def hog(megabytes: int) -> int:
         block[at] = 1
     time.sleep(1)
     return len(block)
+
+
+def started_at() -> float:
+    """When this call started (epoch seconds)."""
+    return time.time()

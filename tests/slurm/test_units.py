@@ -124,7 +124,7 @@ def test_the_sbatch_command_and_script(tmp_path):
     script = plans[0].script
     assert script.startswith("#!/bin/bash\n") and "export PYTHONPATH=/mine\n" in script
     assert (f"{sys.executable} -m ddmq.worker '{tmp_path}/r%o ot' --queue q --grace 27 -v "
-            "--idle-timeout 30 --heartbeat 5 &") in script
+            "--idle-timeout 30 --heartbeat 5 --drain-margin 120 &") in script
     assert "for _ in $(seq 3); do" in script and "trap drain USR1" in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     # who passes scancel's SIGTERM on to the workers: the shell, unless Slurm signals them itself
