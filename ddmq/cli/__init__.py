@@ -16,6 +16,7 @@ The commands and options are those of the original ddmq 0.9.14, plus
     clean     Clean out expired messages from queue               (ddmq.cli.queues)
     dead      List (or requeue) the dead letters of a queue       (ddmq.cli.dead)
     workers   List live and lost executor workers (heartbeats)    (ddmq.cli.workers)
+    status    Queues, workers and latest failures, from the files (ddmq.cli.status)
     json      Run a command packaged as a JSON object             (ddmq.cli.parser)
 
 How a command runs: :func:`main` parses the arguments with the parser of

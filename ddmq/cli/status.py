@@ -13,7 +13,7 @@ as data (one document per refresh)::
                                            clock minute)
     workers    per worker: host or Slurm node, Slurm job, state, the task it
                runs and since when            ddmq.executor.list_workers
-    failures   the latest: dead letters (reason, task, function), workers
+    failures   the latest: dead letters (reason, name), workers
                found dead (how they ended), Slurm jobs that ended badly
                (ddmq.slurm.find_jobs: one squeue call; explain: scontrol)
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import os
 import sys
 import time
 from typing import Any, Sequence
@@ -57,7 +56,8 @@ def _status_arguments(sub: argparse.ArgumentParser) -> None:
 # --- gathering ------------------------------------------------------------------------
 
 def _dead_letters(b: ddmq.Broker, queue: str) -> list[dict[str, Any]]:
-    """The latest dead letters of ``queue`` (by publishing time), with their task and function."""
+    """The latest dead letters of ``queue``, by the time they were published
+    (their names say no more: ``ddmq dead`` lists them all)."""
     found = []
     for name in b.list_dead(queue):
         parsed = DeadName.parse(name)
@@ -66,18 +66,8 @@ def _dead_letters(b: ddmq.Broker, queue: str) -> list[dict[str, Any]]:
             continue
         found.append((waiting.queue_number, parsed.reason, name))
     found.sort(reverse=True)
-    out = []
-    for number, reason, name in found[:LAST_DEAD]:
-        item: dict[str, Any] = {"queue": queue, "reason": reason, "name": name,
-                                "published": number / 1e9, "task": None, "function": None}
-        try:
-            doc = b.get_message(os.path.join(queue, DEAD, name)).message
-            if isinstance(doc, dict):
-                item["task"], item["function"] = doc.get("task"), doc.get("fn")
-        except ddmq.DdmqError:
-            pass
-        out.append(item)
-    return out
+    return [{"queue": queue, "reason": reason, "name": name, "published": number / 1e9}
+            for number, reason, name in found[:LAST_DEAD]]
 
 
 def _slurm_jobs(root: str, queue: str | None) -> tuple[list[Any], dict[str, Any], str | None]:
@@ -138,8 +128,8 @@ def gather(b: ddmq.Broker, queue: str | None, slurm: bool) -> dict[str, Any]:
                                      "what": f"worker {w.host}:{w.pid} ({w.queue}) "
                                              f"{cause or 'was lost'}"})
     for item in dead_letters:
-        what = (f"dead letter ({item['reason']}) in {item['queue']}: task {item['task'] or '?'}"
-                + (f" ({item['function']})" if item["function"] else "") + f", {item['name']}")
+        what = (f"dead letter ({item['reason']}) in {item['queue']}: {item['queue']}/{DEAD}/"
+                f"{item['name']}")
         data["failures"].append({"when": item["published"], "kind": "dead letter", "what": what})
     for row in rows:
         end = ends.get(row.id)

@@ -24,6 +24,10 @@ core never imports them):
 - :mod:`.spill`      spill files: large payloads beside their message
 - :mod:`.secret`     the root's secret, which signs the envelopes
 - :mod:`.heartbeat`  the workers' heartbeat records
+- :mod:`.activity`   what a worker did lately (since when, tasks done per minute), for ``ddmq status``
+- :mod:`.environment` the versions a worker unpickles with, its Slurm job; warnings when they differ
+- :mod:`.walltime_guard` a worker in a Slurm job: which tasks fit before its end, the drain
+- :mod:`.slurm_pool` the executor's workers as Slurm jobs: submitted, scaled, explained, cancelled
 - :mod:`.deaths`     dead workers noticed in seconds: their tasks requeued, how they died
 - :mod:`.watchdog`   the warning when nobody serves the queue; time-outs that say why
 - :mod:`.runs`       named runs: call outcomes kept in the root for a restarted driver

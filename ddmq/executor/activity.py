@@ -7,15 +7,15 @@ rewrite carries, from :class:`Activity`::
 
     "since": 1764050120.4        when the worker took up its current state and task
                                  (epoch seconds; within the ~1 s coalescing of rewrites)
-    "done_minute": 29400835,     the clock minute (epoch // 60) of the counts below
-    "done_this": 17,             task messages finished in that minute,
-    "done_prev": 41              and in the minute before it
+    "done_slot": 176405012,      the 10-second slot (epoch // 10) of the last count below
+    "done": [0, 3, 9, 12, 0, 4, 17]   task messages finished in each of the last
+                                 SLOTS slots, the oldest first, the last one done_slot
 
-From the two minute buckets a reader estimates the tasks done in the 60 s
-before ``now`` as a sliding window does (:func:`done_last_minute`): all of
-this minute's, and the previous minute's weighted by the part of it still in
-the window. A record not rewritten since (its worker went idle, or died)
-ages correctly: its buckets are read against the minute they belong to.
+A reader counts the tasks done in the 60 s before ``now``
+(:func:`done_last_minute`): the slots wholly inside that window, and the
+part of the oldest slot still in it (so the figure is off by at most part
+of one slot's count). A record not rewritten since (its worker went idle,
+or died) ages correctly: its slots are read against the time they belong to.
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
-__all__ = ["Activity", "activity_fields", "done_last_minute"]
+__all__ = ["SLOT_SECONDS", "SLOTS", "Activity", "activity_fields", "done_last_minute"]
+
+#: Seconds of one slot, and slots kept: the minute before the current slot, and it.
+SLOT_SECONDS = 10
+SLOTS = 7
 
 
 class Activity:
@@ -32,9 +36,8 @@ class Activity:
     def __init__(self) -> None:
         self._current: tuple[str, str | None] | None = None
         self._since = time.time()
-        self._minute = int(self._since // 60)
-        self._this = 0
-        self._prev = 0
+        self._slot = int(self._since // SLOT_SECONDS)
+        self._counts = [0] * SLOTS
         self._done = 0
 
     def fields(self, state: str, task: str | None, tasks_done: int,
@@ -44,39 +47,38 @@ class Activity:
         now = time.time() if now is None else now
         if (state, task) != self._current:
             self._current, self._since = (state, task), now
-        minute = int(now // 60)
-        if minute != self._minute:
-            self._prev = self._this if minute == self._minute + 1 else 0
-            self._this, self._minute = 0, minute
-        self._this += max(0, tasks_done - self._done)
+        slot = int(now // SLOT_SECONDS)
+        if slot > self._slot:
+            shift = min(SLOTS, slot - self._slot)
+            self._counts = self._counts[shift:] + [0] * shift
+            self._slot = slot
+        self._counts[-1] += max(0, tasks_done - self._done)
         self._done = tasks_done
-        return {"since": round(self._since, 1), "done_minute": self._minute,
-                "done_this": self._this, "done_prev": self._prev}
-
-
-def _number(data: Mapping[str, Any], key: str) -> float | None:
-    value = data.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return {"since": round(self._since, 1), "done_slot": self._slot, "done": list(self._counts)}
 
 
 def activity_fields(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The activity fields of a record's data, checked (None / 0 where missing)."""
-    return {"since": _number(data, "since"),
-            "done_minute": int(_number(data, "done_minute") or 0),
-            "done_this": int(_number(data, "done_this") or 0),
-            "done_prev": int(_number(data, "done_prev") or 0)}
+    """The activity fields of a record's data, checked (None / [] where missing)."""
+    since, slot, counts = data.get("since"), data.get("done_slot"), data.get("done")
+    return {"since": float(since) if isinstance(since, (int, float)) and not isinstance(since, bool)
+            else None,
+            "done_slot": slot if type(slot) is int else 0,
+            "done": [c for c in counts if type(c) is int][-SLOTS:] if isinstance(counts, list) else []}
 
 
 def done_last_minute(record: Any, now: float | None = None) -> float:
     """Task messages the worker of ``record`` finished in the 60 s before
-    ``now`` (estimated from its two minute buckets, see the module docstring)."""
+    ``now`` (see the module docstring)."""
     now = time.time() if now is None else now
-    minute, this, prev = (getattr(record, "done_minute", 0), getattr(record, "done_this", 0),
-                          getattr(record, "done_prev", 0))
-    current = int(now // 60)
-    weight = 1.0 - (now % 60) / 60  # the part of the previous minute still in the window
-    if minute == current:
-        return this + prev * weight
-    if minute == current - 1:
-        return this * weight
-    return 0.0
+    counts = getattr(record, "done", None) or []
+    last = getattr(record, "done_slot", 0)
+    start = now - 60
+    total = 0.0
+    for age, count in enumerate(reversed(counts)):
+        begins = (last - age) * SLOT_SECONDS
+        ends = begins + SLOT_SECONDS
+        if ends <= start or begins > now:
+            continue
+        inside = (min(ends, now) - max(begins, start)) / (min(ends, now) - begins) if ends > start > begins else 1.0
+        total += count * inside
+    return total

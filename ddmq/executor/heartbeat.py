@@ -86,7 +86,7 @@ class WorkerRecord:
     ``version`` (ddmq's): what the worker runs; ``slurm_job`` (``123_4``) and
     ``node``: where, in a Slurm job ("" elsewhere; see
     :mod:`ddmq.executor.environment`). ``since``: when the worker took up
-    its state and task; ``done_*``: the task messages it finished lately
+    its state and task; ``done``, ``done_slot``: the task messages it finished lately
     (see :mod:`ddmq.executor.activity`).
     """
 
@@ -110,9 +110,8 @@ class WorkerRecord:
     slurm_job: str = ""
     node: str = ""
     since: float | None = None
-    done_minute: int = 0
-    done_this: int = 0
-    done_prev: int = 0
+    done_slot: int = 0
+    done: list[int] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -38,6 +38,14 @@ within ``--grace`` seconds, else it is given back to the queue (``nack``) for
 another worker. A second signal gives it back at once. Either way the worker
 removes its heartbeat record and exits 0.
 
+In a Slurm job the worker knows when the job ends (``DDMQ_JOB_END_TIME``),
+starts only the tasks that fit before then, drains (takes no new task) at
+``--drain-margin`` seconds before the end or on SIGUSR1, and gives back what
+it still runs ``--idle-margin`` seconds before the end, uncounted: see
+:mod:`ddmq.executor.walltime_guard`. Idle, it looks at its queue every
+``poll_max`` seconds, or every :data:`LOCAL_POLL_MAX` on a local filesystem
+where a folder watch sees every message arrive.
+
 A task whose executor is gone (its reply queue deleted: shut down, Ctrl-C;
 or the executor dead) is acked without running it, and one that runs when
 its executor goes is stopped (:mod:`ddmq.executor.reaper`, which uses

@@ -3,6 +3,7 @@ executor submits its workers, scales them, explains their deaths, and cancels th
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -13,6 +14,7 @@ from ddmq.slurm import SlurmError, SlurmJobs, SlurmWorkers
 
 from . import tasks
 from .helpers import live_workers, wait_for
+from .test_cli_slurm import ok
 from .testbed import record
 
 
@@ -34,6 +36,23 @@ def test_executor_submits_its_workers_serves_a_map_over_nodes_and_cancels_them(s
         t = time.monotonic()
         quick = list(ex.map(tasks.where, range(600), chunksize=1))
         rate = len(quick) / (time.monotonic() - t)
+        # ddmq status while 3 tasks of 4 s run, one per node, and 2 wait
+        slow = [ex.submit(tasks.where, x, 4.0) for x in range(5)]
+        ids_slow = {f._task_id for f in slow}
+        seen = wait_for("3 workers running a slow task", lambda: (lambda d: d if sum(
+            w["task"] in ids_slow for w in d["workers"]) == 3 else None)(
+            json.loads(ok("status", slurm_root, "--format", "json"))), timeout=20)
+        (queue,) = seen["queues"]
+        # "running": claimed (a worker that just ran quick tasks claims a few at once)
+        assert (queue["queue"], queue["waiting"] + queue["running"], queue["live_workers"]) == \
+            ("tasks", 5, 3) and queue["running"] >= 3
+        assert queue["done_last_minute"] >= 600
+        assert {w["where"] for w in seen["workers"]} == {"n1", "n2", "n3"}
+        assert {w["slurm_job"] for w in seen["workers"]} == {f"{ids[0]}_{i}" for i in range(3)}
+        assert all(w["task"] and w["for_seconds"] is not None for w in seen["workers"])
+        table = ok("status", slurm_root)
+        assert "done/min" in table and "slurm job" in table and f"{ids[0]}_1" in table
+        assert [f.result(timeout=30)[0] for f in slow] == [x * x for x in range(5)]
     for index in range(3):  # scancel'ed at shutdown: no job of ours is left
         slurm.wait_for_state(f"{ids[0]}_{index}", {"CANCELLED", "COMPLETED"}, timeout=30)
     assert not [j for j in slurm.active_jobs() if j.startswith(ids[0])]
@@ -115,6 +134,18 @@ def test_an_out_of_memory_job_is_named_in_the_error_of_its_task(slurm, slurm_roo
     text = str(caught.value)
     assert f"its Slurm job {array}_0 on n" in text and "ran out of memory (limit --mem=100M)" in text
     assert "OUT_OF_MEMORY" in text
+    # ... and the command line says it too
+    failures = [f["what"] for f in json.loads(ok("status", slurm_root, "--format", "json"))["failures"]]
+    assert any(f.startswith("dead letter (requeue_limit) in tasks: tasks/dead/requeue_limit.")
+               for f in failures), failures
+    assert any("ran out of memory (limit --mem=100M): OUT_OF_MEMORY" in f and f.startswith("Slurm job")
+               for f in failures), failures
+    assert any(f.startswith("worker ") and "OUT_OF_MEMORY" in f for f in failures), failures
+    workers = ok("workers", slurm_root)
+    assert "slurm job" in workers.splitlines()[0] and "ran out of memory" in workers
+    jobs = json.loads(ok("slurm", "status", slurm_root, "--format", "json"))
+    assert [j["cause"] for j in jobs] == [f"Slurm job {array}_0 on {jobs[0]['node']} ran out of "
+                                          "memory (limit --mem=100M): OUT_OF_MEMORY"]
 
 
 def test_a_failed_node_s_tasks_run_elsewhere(slurm, slurm_root, tmp_path):

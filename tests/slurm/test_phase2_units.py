@@ -136,17 +136,18 @@ def test_a_task_that_cannot_be_unpickled_says_which_versions_differ(tmp_path):
 
 # --- activity ----------------------------------------------------------------------------
 
-def test_done_in_the_last_minute_from_two_minute_buckets():
+def test_done_in_the_last_minute_from_ten_second_slots():
     a = Activity()
-    start = 60 * 30_000_000.0
+    start = 10 * 180_000_000.0
     a.fields("idle", None, 0, now=start)
-    a.fields("running", "t.1", 30, now=start + 50)         # 30 in minute 0
-    fields = a.fields("running", "t.2", 40, now=start + 70)  # 10 in minute 1
+    a.fields("running", "t.1", 30, now=start + 5)           # 30 in slot 0
+    fields = a.fields("running", "t.2", 40, now=start + 35)  # 10 in slot 3
     record = types.SimpleNamespace(**activity_fields(fields))
-    assert (record.done_this, record.done_prev, record.since) == (10, 30, start + 70)
-    assert done_last_minute(record, start + 90) == pytest.approx(10 + 30 * 0.5)
-    assert done_last_minute(record, start + 150) == pytest.approx(10 * 0.5)  # aged a minute
-    assert done_last_minute(record, start + 300) == 0
+    assert (record.done[-4:], record.since) == ([30, 0, 0, 10], start + 35)
+    assert done_last_minute(record, start + 40) == 40
+    assert done_last_minute(record, start + 65) == pytest.approx(10 + 30 * 0.5)  # half of slot 0 left
+    assert done_last_minute(record, start + 100) == 0  # slot 3 ended at 40: 60 s ago
+    assert done_last_minute(types.SimpleNamespace(done=[], done_slot=0), start) == 0
 
 
 # --- real workers that believe they run in a Slurm job -------------------------------------
