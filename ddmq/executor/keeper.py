@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import DdmqError, LeaseLostError
 from ..message import Message
+from .heartbeat import STATE_SPACING
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -74,11 +75,22 @@ class Keeper(threading.Thread):
         self._worker = worker
         self._wake = threading.Event()
         self.dozing = False  # in a long idle pause (see KEEPER_IDLE_TICK)
+        self._next_nudge = 0.0  # see task_started
         self._finished = False
 
     def wake(self) -> None:
         """Look at the duties now (a new task's lease may need extending sooner than the next tick)."""
         self._wake.set()
+
+    def task_started(self) -> None:
+        """The main thread started a task: if the keeper dozes, wake it so the
+        record says "running" soon, but at most once per STATE_SPACING (the
+        record is not rewritten more often anyway). Waking the keeper for
+        every quick task made each task wait on a thread switch."""
+        now = time.monotonic()
+        if self.dozing and now >= self._next_nudge:
+            self._next_nudge = now + STATE_SPACING
+            self._wake.set()
 
     def finish(self) -> None:
         """End the thread (the worker is exiting) and wait a moment for it."""

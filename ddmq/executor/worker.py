@@ -356,8 +356,10 @@ class Worker:
         running = RunningTask(msg, task.id, self._lease_of(msg))
         with self._lock:
             self._running = running
-        if running.lease / 3 < KEEPER_TICK or self._keeper.dozing:
-            self._keeper.wake()  # its next tick would come too late (for this lease, or the record)
+        if running.lease / 3 < KEEPER_TICK:
+            self._keeper.wake()  # its next tick would come too late for this lease
+        else:
+            self._keeper.task_started()  # the record should say "running" soon
         began = time.monotonic()
         self._walltime.starting(doc)
         self._task_env = doc.get("env")
