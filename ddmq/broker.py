@@ -23,7 +23,7 @@ import logging
 import os
 from typing import Any, Callable, Iterable, Literal, Sequence, overload
 
-from . import protocol
+from . import protocol, reading
 from .claiming import Claimer, holds
 from .clock import lease_expiry
 from .delivery import Delivery
@@ -407,7 +407,7 @@ class Broker:
     def get_message(self, path: str) -> Message:
         """Read the message file at ``path`` (inside the root) without claiming it."""
         full = self._message_path(path)
-        data = protocol.read(full, self._root.retry_timeout(),
+        data = reading.read(full, self._root.retry_timeout(),
                              self._root.effective()["max_message_bytes"])
         msg = None if data is None else Message.from_json(data)
         if msg is None or not holds(msg, message_id(full)):  # gone, or reused since

@@ -24,7 +24,7 @@ import os
 import time
 from typing import Any, Callable
 
-from . import protocol
+from . import protocol, reading
 from .backoff import wait_until
 from .clock import lease_expiry
 from .delivery import Delivery
@@ -121,7 +121,8 @@ class Claimer:
         if not protocol.claim(folder, name, work_name, retry):
             return None
         # ``name`` parsed as a WaitingName when it was listed: its id is the rest.
-        msg = self._read_claimed(queue, folder, work, name.rpartition(".ddmq")[2], retry)
+        msg = self._read_claimed(queue, folder, work, work_name, name.rpartition(".ddmq")[2],
+                                 retry, settings["max_message_bytes"])
         if msg is None:
             return None
         msg.filename, msg.expiry = work_name, expiry
@@ -135,15 +136,13 @@ class Claimer:
             msg.filename, msg.expiry = new_name, expiry
         return msg
 
-    def _read_claimed(self, queue: str, folder: str, work: WorkName, file_id: str | None,
-                      retry: float) -> Message | None:
-        work_name = work.format()
+    def _read_claimed(self, queue: str, folder: str, work: WorkName, work_name: str,
+                      file_id: str | None, retry: float, limit: int) -> Message | None:
         work_path = f"{folder}{os.sep}{WORK}{os.sep}{work_name}"
-        limit = self.root.effective(queue)["max_message_bytes"]
         problem: Exception
         for attempt in range(3):
             try:
-                data = protocol.read(work_path, retry, limit)
+                data = reading.read(work_path, retry, limit)
             except UnsafeFileError as err:  # never read, never followed: set aside at once
                 problem = err
                 break

@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Any
 
-from . import protocol
+from . import protocol, reading
 from .errors import InvalidMessageError, UnsafeFileError
 from .layout import TMP, RequeueName, WaitingName
 from .listing import Listings
@@ -94,7 +94,7 @@ class Delivery:
         assert parsed is not None, private
         waiting = parsed.waiting
         try:
-            data = protocol.read(private, retry, settings["max_message_bytes"])
+            data = reading.read(private, retry, settings["max_message_bytes"])
             if data is None:
                 return "gone"
             msg = Message.from_json(data)

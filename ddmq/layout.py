@@ -236,6 +236,8 @@ def claimer_tag() -> str:
     a rename of a file onto itself succeeds without asking the server.
     With the claimer's tag in the work name the two names differ, so the
     server is asked, and answers ENOENT."""
+    if _claimer:  # set once per process (again in a forked child)
+        return _claimer
     with _token_lock:
         if not _token:
             _new_token()

@@ -144,6 +144,10 @@ class Listings:
 
     def outcome(self, queue: str, won: bool) -> None:
         """Record whether the claim of the last candidate won its race."""
+        if won:  # the usual case, uncontended: nothing to record (a racy look is harmless)
+            quiet = self._queues.get(queue)
+            if quiet is not None and not quiet.streak and not quiet.lost_in_row:
+                return
         with self._lock:
             cands = self._queues.get(queue)
             if cands is None:

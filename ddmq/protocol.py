@@ -361,7 +361,7 @@ def atomic_file(path: str, *, mode: int = 0o666, fsync: bool = False,
             if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
                 raise
             with open(temp, "rb") as handle:
-                _write_in_place(path, handle.read(), mode, fsync)
+                _write_new(path, handle.read(), mode, fsync, exist_ok=True)
     finally:
         remove_quietly(temp)
 
@@ -373,22 +373,15 @@ def atomic_write(path: str, data: bytes, *, mode: int = 0o666, fsync: bool = Fal
         write_all(fd, data)
 
 
-def _write_in_place(path: str, data: bytes, mode: int, fsync: bool) -> None:
+def _write_new(path: str, data: bytes, mode: int, fsync: bool, exist_ok: bool = False) -> None:
+    """Create ``path`` with ``data`` (removed again on failure); if it exists,
+    FileExistsError, or with ``exist_ok`` nothing."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     except FileExistsError:
-        return
-    try:
-        write_all(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_new(path: str, data: bytes, mode: int, fsync: bool) -> None:
-    """Create ``path`` (which must not exist) with ``data``; removed again on failure."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        if exist_ok:
+            return
+        raise
     try:
         write_all(fd, data)
         if fsync:
@@ -464,47 +457,6 @@ def remove_folder(path: str, retry_timeout: float) -> None:
         pass
 
 
-#: Flags of every open for reading inside the root: never through a symbolic
-#: link (ELOOP), never blocking on a FIFO, never inherited by children.
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def open_regular(path: str, limit: int | None = None,
-                 dir_fd: int | None = None) -> tuple[int, os.stat_result]:
-    """Open ``path`` for reading if it is a regular file (not a link, FIFO,
-    folder, socket or device) of at most ``limit`` bytes; (fd, its stat).
-    ``dir_fd``: ``path`` is relative to that open folder (see ``os.open``).
-    Raises UnsafeFileError if it is not, FileNotFoundError if missing, and
-    OSError for other failures of ``open``."""
-    try:
-        fd = os.open(path, READ_FLAGS, dir_fd=dir_fd)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise UnsafeFileError(f"{path} is a symbolic link: not followed") from None
-        if err.errno in (errno.EACCES, errno.EPERM, errno.ENXIO, errno.EOPNOTSUPP):
-            raise UnsafeFileError(f"{path} cannot be read: {err.strerror}") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat_module.S_ISREG(st.st_mode):
-            raise UnsafeFileError(f"{path} is not a regular file ({_kind(st.st_mode)})")
-        if limit is not None and st.st_size > limit:
-            raise UnsafeFileError(f"{path} is {st.st_size} bytes, over the limit of {limit}")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat_module.S_ISDIR, "a folder"), (stat_module.S_ISFIFO, "a FIFO"),
-                       (stat_module.S_ISSOCK, "a socket"), (stat_module.S_ISCHR, "a device"),
-                       (stat_module.S_ISBLK, "a device"), (stat_module.S_ISLNK, "a link")):
-        if test(mode):
-            return name
-    return "not a file"
-
-
 def remove_folder_if_empty(path: str) -> bool:
     """Remove the folder ``path`` if it is empty; True if removed. Never
     raises: a folder that is not empty (or gone, or not ours) stays as it is.
@@ -515,41 +467,6 @@ def remove_folder_if_empty(path: str) -> bool:
         return True
     except OSError:
         return False
-
-
-def _read_all(path: str, limit: int | None, dir_fd: int | None = None) -> bytes:
-    # os.open/os.read rather than open(): a buffered file object costs an
-    # ioctl and two lseeks more per message.
-    fd, st = open_regular(path, limit, dir_fd)
-    try:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            chunk = os.read(fd, max(st.st_size + 1 - size, 1 << 16))
-            if not chunk:
-                return b"".join(chunks)
-            size += len(chunk)
-            if limit is not None and size > limit:  # it grew after the fstat
-                raise UnsafeFileError(f"{path} is over the limit of {limit} bytes")
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-
-
-def read(path: str, retry_timeout: float, limit: int | None = None,
-         dir_fd: int | None = None) -> bytes | None:
-    """The bytes of a file this process owns (claimed or taken); None if gone.
-
-    Never follows a symbolic link and never opens anything but a regular
-    file of at most ``limit`` bytes: UnsafeFileError otherwise. ``dir_fd``:
-    ``path`` is relative to that open folder."""
-    try:
-        return _read_all(path, limit, dir_fd)
-    except OSError as err:
-        if err.errno in GONE_ERRNOS:
-            return None
-    data = _slow(lambda: _read_all(path, limit, dir_fd), f"read {path}", retry_timeout)
-    return None if data is _GONE else data  # type: ignore[return-value]
 
 
 def list_folder(path: str, retry_timeout: float, follow: bool = True) -> list[str]:

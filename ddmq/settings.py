@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import protocol
+from . import protocol, reading
 from .errors import SettingsError
 from .layout import SETTINGS_FILE
 from .message import MAX_NUMBER, MAX_TIMEOUT
@@ -140,7 +140,7 @@ class SettingsCache:
             if signature is None:
                 values = _EMPTY
                 break
-            data = protocol.read(path, retry, SETTINGS_MAX_BYTES)
+            data = reading.read(path, retry, SETTINGS_MAX_BYTES)
             if data is not None:
                 try:
                     text = data.decode("utf-8")

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import ddmq
-from ddmq import protocol, reuse
+from ddmq import protocol, reading, reuse
 from ddmq.layout import WorkName
 from conftest import expire, mounted_tmpfs, run_as_unprivileged, tree
 
@@ -476,7 +476,7 @@ def test_a_file_that_holds_another_message_is_not_delivered(b, monkeypatch):
         os.rename(path, moved)
         return other_bytes
 
-    monkeypatch.setattr(protocol, "read", reused_while_read)
+    monkeypatch.setattr(reading, "read", reused_while_read)
     assert b.consume("q", path=first.filename) is None
     monkeypatch.undo()
     assert b.get_message_list("q") == ([other.filename], []) and b.list_dead("q") == []

@@ -40,7 +40,7 @@ import stat
 import time
 from typing import Any
 
-from .. import __version__, protocol
+from .. import __version__, protocol, reading
 from ..clock import ServerClock
 from ..errors import UnsafeFileError
 from ..layout import HOST
@@ -143,7 +143,7 @@ def read_record(root: str | os.PathLike, reply: str) -> tuple[dict[str, Any], fl
     None if there is none or it cannot be read (a link, not JSON, ...)."""
     path = record_path(root, reply)
     try:
-        fd, st = protocol.open_regular(path, _RECORD_MAX)
+        fd, st = reading.open_regular(path, _RECORD_MAX)
     except (OSError, UnsafeFileError):
         return None
     try:

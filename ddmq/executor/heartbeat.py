@@ -43,7 +43,7 @@ import os
 import time
 from typing import Any
 
-from .. import __version__, protocol
+from .. import __version__, protocol, reading
 from ..broker import Broker
 from ..errors import UnsafeFileError
 from ..layout import HOST, claimer_tag
@@ -169,7 +169,7 @@ class Heartbeat:
             log.warning("cannot write the heartbeat record %s: %s", self.path, err)
             return
         try:
-            self._fd = protocol.open_regular(self.path, _RECORD_MAX)[0]
+            self._fd = reading.open_regular(self.path, _RECORD_MAX)[0]
         except (OSError, UnsafeFileError) as err:  # refreshed by path instead
             log.debug("cannot hold the heartbeat record %s open: %s", self.path, err)
 
@@ -324,7 +324,7 @@ def mark_ended(path: str, cause: str) -> bool:
 def _read_record(path: str) -> tuple[Any, float]:
     """(the parsed record, its modification time). Like every read of ddmq,
     a link is not followed and only a regular file is read."""
-    fd, st = protocol.open_regular(path, _RECORD_MAX)
+    fd, st = reading.open_regular(path, _RECORD_MAX)
     try:
         return json.loads(os.read(fd, _RECORD_MAX + 1)), st.st_mtime
     finally:

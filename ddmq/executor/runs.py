@@ -89,7 +89,7 @@ import types
 from itertools import chain, repeat
 from typing import Any, Callable, Iterator, List, NamedTuple, Sequence, Tuple, Union, cast
 
-from .. import protocol
+from .. import protocol, reading
 from ..errors import DdmqError
 from ..layout import HOST, unique_token
 from . import pickling
@@ -759,7 +759,7 @@ def _read_segment(folder: str, file: str, name: str, secret: bytes) -> _Frames:
     frames = _Frames()
     frames.raw = []
     try:
-        raw = protocol.read(os.path.join(folder, file), 30.0)
+        raw = reading.read(os.path.join(folder, file), 30.0)
     except DdmqError as err:
         log.warning("run %s: segment %s skipped: %s", name, file, err)
         return frames
@@ -807,7 +807,7 @@ def _segments(folder: str, name: str, secret: bytes) -> Iterator[tuple[str, _Fra
 def read_json(path: str) -> dict[str, Any] | None:
     """The JSON object in file ``path``, or None."""
     try:
-        data = protocol.read(path, 30.0, 1 << 16)
+        data = reading.read(path, 30.0, 1 << 16)
         value = None if data is None else json.loads(data)
     except (ValueError, DdmqError):
         return None

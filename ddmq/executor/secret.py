@@ -21,7 +21,7 @@ import os
 import secrets
 import stat
 
-from .. import protocol
+from .. import protocol, reading
 from ..backoff import wait_until
 from ..errors import FilesystemError, UnsafeFileError
 from .errors import SecretError
@@ -68,7 +68,7 @@ def _read(path: str) -> tuple[bytes, int] | None:
     """(text, mode) of the secret file; None if it is missing. Like every
     read of ddmq, a link is not followed and only a regular file is read."""
     try:
-        fd, st = protocol.open_regular(path, _SECRET_MAX)
+        fd, st = reading.open_regular(path, _SECRET_MAX)
     except FileNotFoundError:
         return None
     except UnsafeFileError as err:

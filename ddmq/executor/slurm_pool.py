@@ -25,7 +25,6 @@ logged, and tried again at the next round.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 

@@ -41,7 +41,7 @@ import stat
 import time
 from typing import Any, Sequence
 
-from .. import protocol, reuse
+from .. import protocol, reading, reuse
 from ..backoff import wait_until
 from ..errors import UnsafeFileError
 from ..settings import DEFAULTS
@@ -143,7 +143,7 @@ def read_payload(path: str, task: str) -> bytes:
     """The bytes of a spill file. A file another node has just written can
     take a moment to be seen here: it is waited for up to :data:`SPILL_WAIT`
     seconds, then :class:`PayloadMissingError` is raised. Like every read of
-    ddmq (:func:`ddmq.protocol.read`), a link is not followed, neither the
+    ddmq (:func:`ddmq.reading.read`), a link is not followed, neither the
     file nor its folders (see the module docstring), and only a regular file
     is read: :class:`~ddmq.errors.UnsafeFileError` otherwise."""
     folder, name = os.path.split(path)
@@ -154,7 +154,7 @@ def read_payload(path: str, task: str) -> bytes:
         except FileNotFoundError:
             return []
         try:
-            data = protocol.read(name, RETRY_TIMEOUT, dir_fd=folder_fd)
+            data = reading.read(name, RETRY_TIMEOUT, dir_fd=folder_fd)
         finally:
             os.close(folder_fd)
         return [] if data is None else [data]
