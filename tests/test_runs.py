@@ -24,7 +24,8 @@ import pytest
 import ddmq
 from ddmq.cli import main as ddmq_main
 from ddmq.executor import DDMQExecutor
-from ddmq.executor.runs import RunInUseError, runs_folder
+from ddmq.executor.errors import RunInUseError
+from ddmq.executor.runs import runs_folder
 from ddmq.layout import HOST
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,10 @@ import time
 import pytest
 
 from ddmq.executor import runs
-from ddmq.executor.runs import Run, RunError, RunInUseError, call_keys, function_key
+from ddmq.executor import callkeys
+from ddmq.executor.callkeys import call_keys, function_key
+from ddmq.executor.errors import RunError, RunInUseError
+from ddmq.executor.runs import Run
 
 SECRET = b"s" * 32
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(runs.__file__)))
@@ -53,7 +56,7 @@ def test_a_call_key_depends_on_the_arguments_and_explicit_keys_replace_them():
     # Not plain: pickled; a bytearray is not the bytes it holds; long keys are hashed.
     assert keys_of([(bytearray(b"ab"),)]) != keys_of([(b"ab",)])
     assert keys_of([([1, 2],)]) == keys_of([([1, 2],)]) != keys_of([((1, 2),)])
-    assert all(len(key) <= runs.KEY_MAX for key in keys_of([("x" * 1000,), (list(range(99)),)]))
+    assert all(len(key) <= callkeys.KEY_MAX for key in keys_of([("x" * 1000,), (list(range(99)),)]))
 
 
 def test_editing_the_body_changes_the_key_moving_it_does_not():

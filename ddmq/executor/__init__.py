@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (BrokenDDMQExecutor, RemoteTraceback, ResultTimeoutError, SecretError,
                      SignatureError, TaskRejectedError, WorkerLostError)
 from .heartbeat import WorkerRecord, list_workers
-from .runs import RunError, RunInUseError
+from .errors import RunError, RunInUseError
 from .watchdog import NoWorkerWarning
 
 if TYPE_CHECKING:  # pragma: no cover

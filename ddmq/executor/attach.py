@@ -46,8 +46,8 @@ from ..layout import WORK, message_id
 from ..message import Message
 from .envelope import Result, check_keys, rebuild
 from .errors import SignatureError
-from .runs import (Key, Outcome, Run, RunInfo, TaskKeys, call_keys, function_key, remove_run,
-                   run_info)
+from .callkeys import Key, TaskKeys, call_keys, function_key
+from .runs import Outcome, Run, RunInfo, remove_run, run_info
 from .spill import SpillStore
 from .tasks import TaskFuture, TaskRecord, TaskTable, settle
 
@@ -231,7 +231,7 @@ class AttachedRun:
         """What to do with calls ``fn(*arglists[i], **kwargs[i])`` (keyed by
         ``explicit`` if given; TypeError for a key of the wrong type).
         ``iterables``: those of ``map``, whose calls ``arglists`` are; one
-        ``range`` is the keys itself (see :func:`.runs.call_keys`)."""
+        ``range`` is the keys itself (see :func:`.callkeys.call_keys`)."""
         function = self._function_key(fn)
         if len(iterables) == 1 and type(iterables[0]) is range and iterables[0].step == 1 \
                 and explicit is None:

@@ -7,7 +7,7 @@ for its reply queue, ``ROOT/.executors/REPLY_QUEUE.json``::
      "queue": "tasks", "interval": 10.0, "beat": 1764050123.4, "version": "1.0.0"}
 
 ``started`` is when process ``pid`` started (clock ticks since boot, see
-:func:`ddmq.executor.runs._start_ticks`), so that a pid used again by another
+:func:`process_start`), so that a pid used again by another
 process does not pass for the executor. The record is written (by
 :func:`ddmq.protocol.atomic_write`: a reader sees a whole record) *before*
 the reply queue is made, rewritten every :data:`BEAT_SECONDS` by the
@@ -44,10 +44,9 @@ from .. import __version__, protocol, reading
 from ..clock import ServerClock
 from ..errors import UnsafeFileError
 from ..layout import HOST
-from .runs import _start_ticks
 
 __all__ = ["DRIVERS_DIR", "BEAT_SECONDS", "DEAD_AFTER", "DriverRecord", "is_executor_reply",
-           "reply_queue_name", "record_path", "read_record", "death"]
+           "reply_queue_name", "record_path", "read_record", "death", "process_start"]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ class DriverRecord:
         self.root = os.fspath(root)
         self.reply = reply
         self.path = record_path(self.root, reply)
-        self._static = {"host": HOST, "pid": os.getpid(), "started": _start_ticks(os.getpid()),
+        self._static = {"host": HOST, "pid": os.getpid(), "started": process_start(os.getpid()),
                         "reply": reply, "queue": queue, "interval": BEAT_SECONDS,
                         "version": __version__}
         self._next_beat = 0.0
@@ -165,7 +164,7 @@ def death(root: str | os.PathLike, reply: str, clock: ServerClock) -> str | None
     found = read_record(root, reply)
     if found is None:
         pid = int(match.group("pid"))
-        if match.group("host") == _host_in_name() and _start_ticks(pid) is None:
+        if match.group("host") == _host_in_name() and process_start(pid) is None:
             return f"pid {pid} on this host is gone"
         return None
     record, mtime = found
@@ -174,7 +173,7 @@ def death(root: str | os.PathLike, reply: str, clock: ServerClock) -> str | None
     except (KeyError, TypeError, ValueError):
         return None
     if host == HOST:
-        started = _start_ticks(pid)
+        started = process_start(pid)
         if started is None:
             return f"pid {pid} on {host} is gone"
         if record.get("started") is not None and started not in (-1, record.get("started")):
@@ -184,3 +183,22 @@ def death(root: str | os.PathLike, reply: str, clock: ServerClock) -> str | None
     if silent > DEAD_AFTER:
         return f"pid {pid} on {host} stopped beating {silent:.0f} s ago"
     return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or None if it
+    does not exist or is a zombie (killed, not reaped yet by its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        if fields[0] in (b"Z", b"X"):
+            return None
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        try:
+            os.kill(pid, 0)
+            return -1  # exists; start time unknown (not Linux)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return -1

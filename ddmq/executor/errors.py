@@ -67,3 +67,15 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class RunError(DdmqError):
+    """A run cannot be used: a bad name, or a segment that is not what it says."""
+
+
+class RunInUseError(RunError):
+    """Another live driver drives this run (``host``, ``pid``)."""
+
+    def __init__(self, message: str, host: str, pid: int):
+        super().__init__(message)
+        self.host, self.pid = host, pid

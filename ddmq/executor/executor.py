@@ -86,7 +86,8 @@ from .environment import EnvironmentCheck, versions
 from .pickling import callable_name
 from .pool import WORKER_STOP_TIMEOUT, LocalPool
 from .reaper import DriverUpkeep
-from .runs import TaskKeys, check_run_name
+from .callkeys import TaskKeys
+from .runs import check_run_name
 from .secret import load_secret
 from .spill import SpillStore
 from .tasks import TaskFuture, TaskRecord, TaskTable
@@ -182,7 +183,7 @@ class DDMQExecutor(Executor):
     than publish them again, and publish only the rest. A call is known by
     its function (module, name, code) and its arguments; ``map(...,
     key=fn)`` and :meth:`submit_with_key` name it instead. One driver at a
-    time: a second raises :class:`~.runs.RunInUseError` naming the first.
+    time: a second raises :class:`~.errors.RunInUseError` naming the first.
     Replies go to the run's queue ``run-NAME``, which stays after shutdown
     while tasks of the run may still be out (see :mod:`.attach`); ``ddmq
     runs`` lists and removes runs.

@@ -22,20 +22,8 @@ concatenated, nothing unpickled). A run of 100,000 quick calls is two
 files (``run.json`` and one segment), which spares a Lustre or NFS metadata
 server: an append is no metadata operation.
 
-**A frame** is two lengths and an HMAC-SHA256, then two parts: the *index*
-(for each task: its function key, the keys of its calls, the positions of
-those that raised; ``marshal`` of strings, bytes and ints, so ``ddmq runs``
-counts a run without unpickling a single result) and the *body* (a pickle:
-the values, and each exception with its worker's traceback text). A reader
-stops at the first frame that is cut short (its writer was killed in the
-middle of the ``write``) or whose signature does not match. When two
-outcomes of one call are stored (a task run twice, a failure run again with
-``retry_failed``), a success wins over a failure, whatever their order, so
-frames need no ordering.
-
-**Signed.** A frame is unpickled when a run is loaded, so, like a task,
-it carries an HMAC-SHA256 of the root's secret over the run's name and its
-bytes, checked before anything is unpickled.
+Frames and segments are :mod:`ddmq.executor.segments`' (signed, counted
+without unpickling); call keys are :mod:`ddmq.executor.callkeys`'.
 
 **One driver at a time.** ``driver.json`` is created exclusively (a hard
 link: of two drivers started at once, one wins); a second driver of a live
@@ -45,64 +33,37 @@ is another process, by start time); elsewhere its beat, refreshed every
 :data:`BEAT_SECONDS`, stops. Its record is then taken over by one rename,
 which only one successor can win. Nothing removes a run but
 :func:`remove_run` (``ddmq runs rm``): no housekeeping touches ``.runs/``.
-
-**The key of a call** is its function's key (:func:`function_key`: module
-and qualified name plus a hash of its code: bytecode, constants and names,
-recursively, not line numbers; and of what it is bound to: default values,
-closure cells, a ``partial``'s arguments, a bound method's instance) and,
-within it, the key of its arguments (:func:`call_keys`): the tuple of the
-arguments itself when they are all ints (the int alone for one argument:
-the common ``map(f, range(n))`` costs nothing; two such keys are equal only
-if every int is), else their
-``marshal`` bytes (version 2, which writes a value the same way whatever its
-identity or interning) when they are plain floats, strings, bytes, bools or
-None, else their pickle (keyword arguments sorted by name); keys over
-:data:`KEY_MAX` bytes are replaced by a SHA-256. Editing the body of the
-function changes its key, so a fixed bug runs again; moving the function
-down a file does not; a change in a function it calls, or in a global it
-reads, does not either. Where pickling is not stable (sets of strings
-across interpreters, objects with unordered state), the caller passes its
-own key, which replaces the arguments'.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import bisect
-import functools
-import hashlib
-import hmac
 import json
 import logging
-import marshal
 import os
 import pickle
 import re
-import secrets
 import shutil
 import stat
-import struct
 import threading
 import time
-import types
-from itertools import chain, repeat
-from typing import Any, Callable, Iterator, List, NamedTuple, Sequence, Tuple, Union, cast
+from typing import Any, NamedTuple, Sequence
 
 from .. import protocol, reading
 from ..errors import DdmqError
 from ..layout import HOST, unique_token
-from . import pickling
+from . import segments
+from .callkeys import Key
 from .envelope import rebuild
-from .errors import RemoteTraceback
+from .drivers import process_start
+from .errors import RunError, RunInUseError
 
 log = logging.getLogger(__name__)
 
 RUNS_DIR = ".runs"
 DRIVER_FILE = "driver.json"
 RUN_FILE = "run.json"
-SEGMENT_SUFFIX = ".ddmqrun"
-_MAGIC = b"DDMQRUN3\n"
+SEGMENT_SUFFIX = segments.SEGMENT_SUFFIX
 #: Seconds between two refreshes of the driver's record.
 BEAT_SECONDS = 10.0
 #: A driver on another host whose record is older than this is dead.
@@ -112,35 +73,7 @@ LOST_AFTER = 3 * BEAT_SECONDS
 COMPACT_AFTER = 32
 #: Longest run name (it becomes part of a queue name).
 MAX_RUN_NAME = 100
-#: Longest key of a call's arguments kept as is; longer ones are hashed.
-KEY_MAX = 32
-#: Most calls one task's keys may name (a bound for what an envelope unpacks to).
-_MAX_CALLS = 1 << 24
-
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_FRAME_HEAD = struct.Struct(">QQ32s")  # index size, body size, HMAC-SHA256
-#: Types whose marshal bytes are their value (marshal writes any other
-#: object with the buffer protocol, a bytearray or a numpy array, as plain bytes).
-_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
-# First bytes of the keys that are not marshal bytes (whose first byte is a
-# type code under 0x80) or a pickle (0x80): they cannot be mistaken for them.
-_KWARGS, _EXPLICIT, _HASHED, _UNIQUE = b"\xfc", b"\xfd", b"\xfe", b"\xff"
-#: A call key: the arguments themselves when they are all ints (the int
-#: when it is the only one; a tuple of ints equals another only if every int
-#: does, and never equals an int), else bytes.
-Key = Union[bytes, int, Tuple[int, ...]]
-
-
-class RunError(DdmqError):
-    """A run cannot be used: a bad name, or a segment that is not what it says."""
-
-
-class RunInUseError(RunError):
-    """Another live driver drives this run (``host``, ``pid``)."""
-
-    def __init__(self, message: str, host: str, pid: int):
-        super().__init__(message)
-        self.host, self.pid = host, pid
 
 
 class Outcome(NamedTuple):
@@ -148,30 +81,6 @@ class Outcome(NamedTuple):
 
     ok: bool
     value: Any
-
-
-class TaskKeys(NamedTuple):
-    """The keys of the calls of one task: their function's, and one per call."""
-
-    function: str
-    keys: Sequence[Key]  # a list, or a range (consecutive ints)
-
-    def encode(self) -> str:
-        """As the ``keys`` field of an envelope (ASCII): marshal of (function
-        key, the keys), the keys as (first, count) when they are a range (a
-        chunk of ``map(f, range(n))``)."""
-        return base64.b64encode(marshal.dumps((self.function, _packed(self.keys)), 2)).decode("ascii")
-
-    @staticmethod
-    def decode(text: str) -> TaskKeys:
-        """The keys an envelope's (verified) ``keys`` field holds; ValueError if malformed."""
-        try:
-            function, keys = marshal.loads(base64.b64decode(text.encode("ascii"), validate=True))
-            if not isinstance(function, str):
-                raise ValueError("no function key")
-            return TaskKeys(function, _unpacked(keys))
-        except (binascii.Error, UnicodeEncodeError, EOFError, TypeError, ValueError) as err:
-            raise ValueError(f"malformed call keys: {err}") from None
 
 
 class RunInfo(NamedTuple):
@@ -205,146 +114,8 @@ def runs_folder(root: str | os.PathLike) -> str:
     return os.path.join(os.fspath(root), RUNS_DIR)
 
 
-# --- keys ----------------------------------------------------------------------------
-
-def _code_digest(code: types.CodeType, into: Any) -> None:
-    into.update(code.co_code)
-    into.update(repr(code.co_names).encode())
-    into.update(repr(code.co_varnames).encode())
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            _code_digest(const, into)
-        elif isinstance(const, frozenset):  # ``x in {"a", "b"}``: its order follows str hashes
-            into.update(repr(sorted(map(repr, const))).encode())
-        else:
-            into.update(repr(const).encode())
-
-
-def function_key(fn: Callable[..., Any]) -> str:
-    """Module, qualified name and a hash of the code of ``fn`` (see the
-    module docstring). What ``fn`` binds is part of it, pickled: the
-    arguments of a ``functools.partial``, the instance of a bound method or
-    of a callable object (whose ``__call__`` is the code)."""
-    target: Any = fn
-    bound: list[Any] = []
-    while True:
-        if isinstance(target, functools.partial):
-            bound.append((target.args, target.keywords))
-            target = target.func
-        elif isinstance(target, types.MethodType):
-            bound.append(target.__self__)
-            target = target.__func__
-        elif not isinstance(target, (types.FunctionType, types.BuiltinFunctionType, type)) \
-                and isinstance(getattr(type(target), "__call__", None), types.FunctionType):
-            bound.append(target)  # a callable object: its state and its class's __call__
-            target = type(target).__call__
-        else:
-            break
-    digest = hashlib.sha256()
-    code = getattr(target, "__code__", None)
-    if isinstance(code, types.CodeType):
-        _code_digest(code, digest)
-    if isinstance(target, types.FunctionType):  # what the code runs with, beside its arguments
-        cells = tuple(_cell_value(cell) for cell in target.__closure__ or ())
-        if target.__defaults__ or target.__kwdefaults__ or cells:
-            bound.append((target.__defaults__, target.__kwdefaults__, cells))
-    if bound:
-        key = _arguments_key(tuple(bound), None)
-        digest.update(key if isinstance(key, bytes) else marshal.dumps(key, 2))
-    module = getattr(target, "__module__", None) or "?"
-    name = getattr(target, "__qualname__", None) or pickling.callable_name(target)
-    return f"{module}:{name}:{digest.hexdigest()[:16]}"
-
-
-def _cell_value(cell: Any) -> Any:
-    """What a closure's cell holds, for the key: a function (a decorator's
-    ``func``, a recursive closure itself) by its code, anything else as is."""
-    try:
-        value = cell.cell_contents
-    except ValueError:  # not filled yet
-        return None
-    if isinstance(value, types.FunctionType):
-        digest = hashlib.sha256()
-        _code_digest(value.__code__, digest)
-        return ("function", value.__module__, value.__qualname__, digest.hexdigest())
-    return value
-
-
-def call_keys(arglists: Sequence[tuple[Any, ...]], kwargs: Sequence[dict[str, Any]] | None = None,
-              explicit: Sequence[Any] | None = None) -> Sequence[Key]:
-    """The keys of calls ``fn(*arglists[i], **kwargs[i])`` within their
-    function (see the module docstring); ``arglists``: tuples, as many
-    arguments in each (the calls of one ``map``, or one call). With
-    ``explicit``, the caller's keys instead (each a str, bytes, int, float,
-    bool, None, or a tuple of them: TypeError otherwise). Arguments that
-    cannot be pickled get a key no other call has (their call fails to be
-    sent anyway). The key of a call depends on that call only, never on the
-    others; keys that are consecutive ints come as a ``range``."""
-    if explicit is not None:
-        return [_short(_EXPLICIT + _plain_bytes(key)) for key in explicit]
-    if kwargs is None and arglists:
-        flat = list(chain.from_iterable(arglists))
-        types = set(map(type, flat))
-        if types <= {int}:  # the common case, at no cost: the arguments are the key
-            count = len(flat)
-            if count != len(arglists):
-                return list(arglists)  # the tuples of ints
-            first = flat[0]  # one int each: itself
-            if flat[-1] - first == count - 1 and flat == list(range(first, first + count)):
-                return range(first, first + count)  # kept as spans, sent as (first, count)
-            return flat
-        if types <= _PLAIN and int not in types and flat:
-            keys = list(map(marshal.dumps, arglists, repeat(2)))  # in C
-            if max(map(len, keys)) > KEY_MAX:
-                keys = list(map(_short, keys))
-            return cast(List[Key], keys)
-    return [_arguments_key(args, kwargs[index] if kwargs else None)
-            for index, args in enumerate(arglists)]
-
-
-def _short(key: bytes) -> bytes:
-    """``key``, or its hash if it is longer than KEY_MAX."""
-    return key if len(key) <= KEY_MAX else _HASHED + hashlib.sha256(key).digest()[:20]
-
-
-def _is_plain(value: Any) -> bool:
-    return type(value) in _PLAIN or (type(value) is tuple and all(map(_is_plain, value)))
-
-
-def _plain_bytes(key: Any) -> bytes:
-    if not _is_plain(key):
-        raise TypeError(f"a run key must be a str, bytes, int, float, bool, None or a tuple of "
-                        f"them, not {type(key).__name__}")
-    return marshal.dumps(key, 2)
-
-
-def _arguments_key(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Key:
-    named = tuple(sorted(kwargs.items())) if kwargs else ()
-    if not named and all(type(arg) is int for arg in args):
-        return args[0] if len(args) == 1 else tuple(args)
-    if _is_plain(tuple(args)) and _is_plain(named):
-        return _short(_KWARGS + marshal.dumps((tuple(args), named), 2) if named
-                      else marshal.dumps(tuple(args), 2))
-    try:
-        return _short(pickle.dumps((args, named), protocol=4))
-    except Exception:  # noqa: BLE001 (whatever the standard pickler refuses)
-        try:
-            return _short(pickling.dumps((args, named)))
-        except Exception:  # noqa: BLE001
-            return _UNIQUE + secrets.token_bytes(16)
-
-
-def is_key(value: Any) -> bool:
-    """Whether ``value`` (read from an envelope) is a call key."""
-    return type(value) in (bytes, int) or (type(value) is tuple
-                                           and all(type(arg) is int for arg in value))
-
-
 # --- the run -------------------------------------------------------------------------
 
-#: One task's outcomes as recorded: its function key, the keys of its calls,
-#: their values (None where a call raised) and the calls that raised.
-Chunk = Tuple[str, Sequence[Key], Sequence[Any], Sequence[Tuple[int, BaseException]]]
 
 
 class Run:
@@ -366,7 +137,7 @@ class Run:
         self.reply_queue = reply_queue_of(name)
         self._secret = secret
         self._lock = threading.Lock()
-        self._buffer: list[Chunk] = []
+        self._buffer: list[segments.Chunk] = []
         # The outcomes, by function key: successes by call key, or as spans of
         # consecutive int keys (a chunk of map(f, range(...)): no entry per
         # call); failures by call key.
@@ -403,7 +174,7 @@ class Run:
         self._load()
 
     def _record(self) -> bytes:
-        return json.dumps({"host": HOST, "pid": os.getpid(), "started": _start_ticks(os.getpid()),
+        return json.dumps({"host": HOST, "pid": os.getpid(), "started": process_start(os.getpid()),
                            "token": self._token, "beat": time.time()}).encode()
 
     def _take_driver(self) -> None:
@@ -567,7 +338,7 @@ class Run:
         with self._lock:
             if not self._buffer:
                 return True
-            frame = _frame(self.name, self._secret, self._buffer)
+            frame = segments.frame(self.name, self._secret, self._buffer)
             try:
                 if self._segment is None:
                     self._segment = self._new_segment()
@@ -582,7 +353,7 @@ class Run:
         path = os.path.join(self.folder, f"seg.{unique_token()}{SEGMENT_SUFFIX}")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         try:
-            protocol.write_all(fd, _MAGIC)
+            protocol.write_all(fd, segments.MAGIC)
         except OSError:
             os.close(fd)
             raise
@@ -601,7 +372,7 @@ class Run:
         write their frames as one and remove them (a crash in between leaves
         duplicates, which agree)."""
         self._done, self._spans, self._failed = {}, {}, {}
-        found = list(_segments(self.folder, self.name, self._secret))
+        found = list(segments.segments(self.folder, self.name, self._secret))
         for file, frames in found:
             for index, body in frames:
                 try:
@@ -617,7 +388,7 @@ class Run:
             merged = b"".join(frame for _, frames in found for frame in frames.raw)
             try:
                 protocol.atomic_write(os.path.join(self.folder, f"seg.{unique_token()}{SEGMENT_SUFFIX}"),
-                                      _MAGIC + merged, mode=0o600)
+                                      segments.MAGIC + merged, mode=0o600)
             except OSError as err:
                 log.warning("run %s: cannot merge its segments: %s", self.name, err)
                 return
@@ -683,125 +454,6 @@ def _private_folder(path: str) -> None:
         raise RunError(f"{path} is not a folder of this user (a link?): not used")
 
 
-# --- segments ---------------------------------------------------------------------------
-
-def _frame(name: str, secret: bytes, chunks: list[Chunk]) -> bytes:
-    """One signed frame of ``chunks``: its index and its body (see the module
-    docstring). A chunk whose values cannot be pickled is left out (its calls
-    will run again)."""
-    def body_of(chunk: Chunk) -> tuple[Sequence[Any], list[tuple[int, BaseException, str | None]]]:
-        _, _, values, errors = chunk
-        return values, [(at, exc, _traceback_of(exc)) for at, exc in errors] if errors else []
-
-    try:
-        body = _dumps([body_of(chunk) for chunk in chunks])
-    except Exception:  # noqa: BLE001 (one value cannot be pickled: find which)
-        kept = []
-        for chunk in chunks:
-            try:
-                _dumps(body_of(chunk))
-                kept.append(chunk)
-            except Exception as err:  # noqa: BLE001
-                log.warning("run %s: the outcomes of %d call(s) of %s cannot be pickled, so they "
-                            "are not kept (%s: %s)", name, len(chunk[1]), chunk[0], type(err).__name__, err)
-        chunks = kept
-        body = _dumps([body_of(chunk) for chunk in chunks])
-    index = marshal.dumps([(function, _packed(keys), [at for at, _ in errors])
-                           for function, keys, _, errors in chunks], 2)
-    return _FRAME_HEAD.pack(len(index), len(body), _sign(secret, name, index, body)) + index + body
-
-
-def _packed(keys: Sequence[Key]) -> Any:
-    """Call keys as marshal takes them: a list, or (first, count) for a range."""
-    if type(keys) is range and keys.step == 1:
-        return (keys.start, len(keys))
-    return keys if type(keys) is list else list(keys)
-
-
-def _unpacked(keys: Any) -> Sequence[Key]:
-    """What :func:`_packed` made, back."""
-    if type(keys) is tuple and len(keys) == 2 and type(keys[0]) is int and type(keys[1]) is int \
-            and 0 <= keys[1] <= _MAX_CALLS:
-        return range(keys[0], keys[0] + keys[1])
-    if type(keys) is list and all(map(is_key, keys)):
-        return keys
-    raise ValueError("malformed call keys")
-
-
-def _traceback_of(exc: BaseException) -> str | None:
-    cause = exc.__cause__
-    return cause.tb if isinstance(cause, RemoteTraceback) else None
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 (what the standard pickler refuses, cloudpickle may take)
-        return pickling.dumps(value)
-
-
-def _sign(secret: bytes, name: str, index: bytes, body: bytes) -> bytes:
-    return hmac.digest(secret, b"".join((b"run-frame\0", name.encode(), b"\0", index, b"\0", body)),
-                       "sha256")
-
-
-class _Frames(list):
-    """The frames of a segment whose signatures matched, as (index, body
-    bytes); ``raw``: the bytes of each, to merge segments without unpickling."""
-
-    raw: list[bytes]
-
-
-def _read_segment(folder: str, file: str, name: str, secret: bytes) -> _Frames:
-    """The frames of one segment whose signatures match, up to the first
-    that does not (a driver killed while writing it, or bytes not signed
-    with ``secret``: logged) or the end."""
-    frames = _Frames()
-    frames.raw = []
-    try:
-        raw = reading.read(os.path.join(folder, file), 30.0)
-    except DdmqError as err:
-        log.warning("run %s: segment %s skipped: %s", name, file, err)
-        return frames
-    if raw is None:
-        return frames
-    if not raw.startswith(_MAGIC):
-        log.warning("run %s: %s is not a segment of a run: ignored", name, file)
-        return frames
-    view = memoryview(raw)
-    at = len(_MAGIC)
-    while at < len(view):
-        if at + _FRAME_HEAD.size > len(view):
-            break
-        index_size, body_size, sig = _FRAME_HEAD.unpack_from(view, at)
-        end = at + _FRAME_HEAD.size + index_size + body_size
-        if end > len(view):
-            break
-        index = bytes(view[at + _FRAME_HEAD.size:at + _FRAME_HEAD.size + index_size])
-        body = bytes(view[end - body_size:end])
-        if not hmac.compare_digest(sig, _sign(secret, name, index, body)):
-            log.warning("run %s: a frame of segment %s is not signed with this root's secret: "
-                        "it and what follows are ignored", name, file)
-            return frames
-        try:
-            frames.append(([(function, _unpacked(keys), raised)
-                            for function, keys, raised in marshal.loads(index)], body))
-        except (EOFError, TypeError, ValueError):
-            break
-        frames.raw.append(bytes(view[at:end]))
-        at = end
-    if at < len(view):
-        log.info("run %s: segment %s ends with a frame cut short (its driver was killed while "
-                 "writing it): the outcomes in it are still in the run's reply queue", name, file)
-    return frames
-
-
-def _segments(folder: str, name: str, secret: bytes) -> Iterator[tuple[str, _Frames]]:
-    for file in sorted(protocol.list_if_there(folder, 30.0, follow=False)):
-        if file.endswith(SEGMENT_SUFFIX):
-            yield file, _read_segment(folder, file, name, secret)
-
-
 # --- reading runs (the CLI) ------------------------------------------------------------
 
 def read_json(path: str) -> dict[str, Any] | None:
@@ -823,27 +475,8 @@ def driver_alive(record: dict[str, Any]) -> bool:
     """Whether the driver of ``record`` may still be running."""
     if record.get("host") == HOST:
         pid = int(record.get("pid") or 0)
-        return pid > 0 and _start_ticks(pid) == record.get("started")
+        return pid > 0 and process_start(pid) == record.get("started")
     return time.time() - float(record.get("beat") or 0) < LOST_AFTER
-
-
-def _start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot), or None if it
-    does not exist or is a zombie (killed, not reaped yet by its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-        if fields[0] in (b"Z", b"X"):
-            return None
-        return int(fields[19])
-    except (OSError, IndexError, ValueError):
-        try:
-            os.kill(pid, 0)
-            return -1  # exists; start time unknown (not Linux)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return -1
 
 
 def list_runs(root: str | os.PathLike, secret: bytes | None = None) -> list[RunInfo]:
@@ -875,7 +508,7 @@ def run_info(root: str | os.PathLike, name: str, secret: bytes | None = None) ->
     done: set[tuple[str, Key]] = set()
     failed: set[tuple[str, Key]] = set()
     if secret is not None:
-        for _, frames in _segments(folder, name, secret):
+        for _, frames in segments.segments(folder, name, secret):
             for index, _body in frames:
                 for function, keys, raised in index:
                     bad = set(raised)

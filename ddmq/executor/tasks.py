@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from ..message import Message
 from .errors import BrokenDDMQExecutor
-from .runs import TaskKeys
+from .callkeys import TaskKeys
 from .spill import SpillStore
 
 
