@@ -406,7 +406,7 @@ class Broker:
 
     def get_message(self, path: str) -> Message:
         """Read the message file at ``path`` (inside the root) without claiming it."""
-        full = self._message_path(path)
+        full = self._root.message_path(path)
         data = reading.read(full, self._root.retry_timeout(),
                              self._root.effective()["max_message_bytes"])
         msg = None if data is None else Message.from_json(data)
@@ -414,28 +414,10 @@ class Broker:
             raise MessageNotFoundError(f"no message file {full}")
         return msg
 
-    def _message_path(self, path: str | Message) -> str:
-        if isinstance(path, Message):
-            queue = check_queue_name(path.queue)
-            name = path.filename or ""
-            sub = WORK if WorkName.parse(name) else ""
-            path = os.path.join(self.root, queue, sub, name)
-        joined = os.path.join(self.root, os.fspath(path))
-        # The folders are resolved, the file itself never: a link is not followed.
-        parent = os.path.realpath(os.path.dirname(joined))
-        name = os.path.basename(joined)
-        full = os.path.join(parent, name)
-        if parent.endswith(os.sep + WORK):
-            parent = os.path.dirname(parent)
-        ok_name = WaitingName.parse(name) or WorkName.parse(name)
-        if not ok_name or os.path.dirname(parent) != os.path.realpath(self.root):
-            raise InvalidNameError(f"{path!r} is not a message file of a queue in {self.root}")
-        return full
-
     def delete_message(self, path: str | Message) -> bool:
         """Delete one waiting or at-work message (a path inside the root, or a
         Message). Raises MessageNotFoundError if it is gone."""
-        full = self._message_path(path)
+        full = self._root.message_path(path)
         if not protocol.remove(full, self._root.retry_timeout()):
             raise MessageNotFoundError(f"no message file {full}")
         return True

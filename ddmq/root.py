@@ -24,7 +24,8 @@ from . import protocol, reuse
 from .clock import ServerClock
 from .errors import (FilesystemError, InvalidNameError, InvalidRootError, QueueNotFoundError,
                      RootMissingError, RootUninitiatedError)
-from .layout import DEAD, SETTINGS_FILE, TMP, WORK, WaitingName, check_queue_name
+from .layout import DEAD, SETTINGS_FILE, TMP, WORK, WaitingName, WorkName, check_queue_name
+from .message import Message
 from .settings import DEFAULTS, SettingsCache, write_file
 from .watch import FolderWatcher
 
@@ -231,6 +232,26 @@ class Root:
             except InvalidNameError:
                 continue
         return queues
+
+    def message_path(self, path: str | os.PathLike | Message) -> str:
+        """The full path of a waiting or at-work message file given as a path
+        inside the root or as a consumed Message; InvalidNameError for
+        anything else. The folders are resolved, the file itself never (a
+        link planted with a message's name is not followed)."""
+        if isinstance(path, Message):
+            name = path.filename or ""
+            sub = WORK if WorkName.parse(name) else ""
+            path = os.path.join(self.path, check_queue_name(path.queue), sub, name)
+        joined = os.path.join(self.path, os.fspath(path))
+        parent = os.path.realpath(os.path.dirname(joined))
+        name = os.path.basename(joined)
+        full = os.path.join(parent, name)
+        if parent.endswith(os.sep + WORK):
+            parent = os.path.dirname(parent)
+        ok_name = WaitingName.parse(name) or WorkName.parse(name)
+        if not ok_name or os.path.dirname(parent) != os.path.realpath(self.path):
+            raise InvalidNameError(f"{path!r} is not a message file of a queue in {self.path}")
+        return full
 
     def close(self) -> None:
         """Release the folder watches, remove the files kept for reuse, and

@@ -65,7 +65,6 @@ The command line (:func:`main`) is at the bottom of this module;
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import math
 import os
@@ -79,7 +78,7 @@ from typing import Any, Callable, Sequence
 from .. import __version__
 from ..backoff import Backoff, wait_until
 from ..broker import Broker
-from ..errors import DdmqError, FilesystemError, InvalidNameError, LeaseLostError, QueueNotFoundError
+from ..errors import DdmqError, InvalidNameError, QueueNotFoundError
 from ..layout import DEAD, HOST, check_queue_name
 from ..root import check_root_path
 from ..message import Message
@@ -94,6 +93,7 @@ from .reaper import OrphanTasks, TaskDropped
 from .secret import load_secret
 from .spill import SpillStore
 from .walltime_guard import Walltime, WorkerWalltime, job_end
+from .answers import Answer, Answers
 
 __all__ = ["Worker", "build_parser", "main"]
 
@@ -121,22 +121,10 @@ QUICK_TASK = 0.005
 #: (s) at the pace of the last one, the worker gives them back for other
 #: workers (a requeue each: worth it only for that much work).
 HOARD_SECONDS = 1.0
-#: errno values of a full filesystem (no space, quota exceeded): results that
-#: cannot be published for these are tried again as space returns.
-FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class _Stop(Exception):
     """Raised by the signal handler to leave an idle wait at once."""
-
-
-class _Answer:
-    """A task that ran: its message, and the result envelope to send back."""
-
-    __slots__ = ("msg", "task", "reply", "result")
-
-    def __init__(self, msg: Message, task: str, reply: str, result: dict[str, Any]):
-        self.msg, self.task, self.reply, self.result = msg, task, reply, result
 
 
 class Worker:
@@ -186,7 +174,7 @@ class Worker:
         self._lock = threading.Lock()
         self._running: RunningTask | None = None
         self._queued: list[Message] = []
-        self._unsent: list[_Answer] = []
+        self._answers = Answers(self)
         # Set by the signal handler, which takes no locks (it may interrupt
         # the thread that holds one); read by the main and keeper threads.
         self._stopping = False
@@ -195,7 +183,6 @@ class Worker:
         self._interruptible = False
         self._batch = 1  # task messages to claim at once (see MAX_BATCH)
         self._last_run = 0.0  # seconds the calls of the last task took (see HOARD_SECONDS)
-        self._room_given_up = -math.inf  # when _when_room last waited in vain for space
         # In a Slurm job: when it ends, which tasks still fit, the drain (SIGUSR1).
         self._walltime = WorkerWalltime(self, Walltime(job_end(), drain_margin=drain_margin,
                                                        idle_margin=idle_margin))
@@ -330,8 +317,8 @@ class Worker:
             ran += 1
             if answer is not None:
                 with self._lock:
-                    self._unsent.append(answer)
-        self._send_unsent()
+                    self._answers.unsent.append(answer)
+        self._answers.send_unsent()
         self.tasks_done += ran
         average = (time.monotonic() - started) / max(1, ran)
         self._batch = min(MAX_BATCH, self._batch * 2) if average < QUICK_TASK else 1
@@ -339,7 +326,7 @@ class Worker:
     def _lease_of(self, msg: Message) -> float:
         return float(msg.timeout or self.broker.get_settings(self.queue)["message_timeout"])
 
-    def _run_task(self, msg: Message) -> _Answer | None:
+    def _run_task(self, msg: Message) -> Answer | None:
         """Verify and run one task message; its answer, or None if it was
         refused or dropped (then it is already dealt with)."""
         doc = msg.message
@@ -386,7 +373,7 @@ class Worker:
         if running.lease_lost:
             log.warning("task %s ran past a lost lease (another worker may run it again); "
                         "sending its result anyway: the executor keeps the first one", task.id)
-        return _Answer(msg, task.id, task.reply, result)
+        return Answer(msg, task.id, task.reply, result)
 
     def _call(self, task: str, payload: bytes) -> tuple[list[Any] | None, list[Failure]]:
         """Unpickle and call the calls of a verified task: (values, failures),
@@ -410,115 +397,6 @@ class Worker:
                 values.append(None)
                 failures.append(failure(index, err, f"in task {task} on worker {self.name}"))
         return values, failures
-
-    # --- answers --------------------------------------------------------------------
-
-    def _send_unsent(self) -> None:
-        with self._lock:
-            unsent, self._unsent = self._unsent, []
-        if unsent:
-            self._answer(unsent)
-
-    def _answer(self, answers: list[_Answer]) -> None:
-        """Publish the results (one message per reply queue), then ack their tasks."""
-        by_reply: dict[str, list[_Answer]] = {}
-        for answer in answers:
-            by_reply.setdefault(answer.reply, []).append(answer)
-        done: list[_Answer] = []
-        for reply, group in by_reply.items():
-            try:
-                if not self._publish_results(reply, group):
-                    with self._lock:  # the filesystem is full: sent again later
-                        self._unsent.extend(group)
-                    continue
-                done.extend(group)
-                continue
-            except QueueNotFoundError:
-                log.info("reply queue %s is gone (its executor shut down): results of %d "
-                         "task(s) dropped", reply, len(group))
-                done.extend(group)
-            except DdmqError as err:
-                log.error("cannot publish results to %s: %s; giving %d task(s) back",
-                          reply, err, len(group))
-                for answer in group:
-                    self._nack(answer.msg, answer.task)
-            for answer in group:
-                self._spills.discard(answer.result, answer.reply)
-        if not done:
-            return
-        try:
-            self.broker.ack(self.queue, [a.msg.filename for a in done if a.msg.filename])
-        except LeaseLostError as err:
-            log.warning("lease already lost at ack (the task was requeued and may run again "
-                        "elsewhere; the executor keeps the first result): %s", ", ".join(err.missing))
-        except DdmqError as err:
-            log.warning("cannot ack %d task(s): %s (they may run again; their duplicate "
-                        "results will be ignored)", len(done), err)
-        log.debug("done: tasks %s", ", ".join(a.task for a in done))
-
-    def _publish_results(self, reply: str, group: list[_Answer]) -> bool:
-        """Publish the results of ``group`` to ``reply`` (True). On a full
-        filesystem they are not given back, which would have them run again:
-        the main thread tries again as space returns (:meth:`_when_room`); the
-        keeper thread leaves them for later (False), unless the worker is
-        stopping. Raises the broker's errors otherwise."""
-        body = [a.result for a in group]
-        try:
-            self._when_room(lambda: self.broker.publish(reply, body), f"publish results to {reply}",
-                            [a.msg for a in group])
-            return True
-        except FilesystemError as err:
-            if err.errno in FULL_ERRNOS and threading.current_thread() is self._keeper \
-                    and not self._stopping:
-                log.debug("cannot publish results to %s now: %s", reply, err)
-                return False
-            raise
-
-    def _when_room(self, act: Callable[[], Any], what: str, held: list[Message]) -> None:
-        """``act()``. On a full filesystem (:data:`FULL_ERRNOS`), the main
-        thread does it again with back-off as space returns, for up to the
-        queue's ``retry_timeout`` (less if told to stop and the grace period
-        ends), extending the leases of the messages ``held`` meanwhile (a
-        rename needs no space). Raises the last error if it never succeeds,
-        and at once in the keeper thread, which must not wait."""
-        try:
-            act()
-            return
-        except FilesystemError as err:
-            if err.errno not in FULL_ERRNOS or threading.current_thread() is self._keeper:
-                raise
-            last = err
-        timeout = float(self.broker.get_settings(self.queue)["retry_timeout"])
-        if time.monotonic() - self._room_given_up < timeout:
-            raise last  # still full: waiting for each of a batch would take its length times
-        log.warning("cannot %s: %s; trying again for up to %.0f s", what, last, timeout)
-        lease = min(self._lease_of(msg) for msg in held)
-        next_extend = 0.0
-
-        def attempt() -> bool:
-            nonlocal last, next_extend
-            if self._stopping and time.monotonic() >= self._stop_deadline:
-                raise last  # told to stop, and the grace period is over
-            if time.monotonic() >= next_extend:
-                next_extend = time.monotonic() + lease / 3
-                for msg in held:
-                    try:
-                        self.broker.extend_lease(msg, self._lease_of(msg))
-                    except DdmqError:
-                        pass  # lost: it may run again; its duplicate result is ignored
-            try:
-                act()
-                return True
-            except FilesystemError as err:
-                if err.errno not in FULL_ERRNOS:
-                    raise
-                last = err
-                return False
-
-        if not wait_until(attempt, timeout, first=0.05, most=2.0):
-            self._room_given_up = time.monotonic()
-            raise last
-        log.warning("could %s: the filesystem has room again", what)
 
     def _refuse(self, msg: Message, doc: Any, err: SignatureError) -> None:
         """Dead-letter a task that failed verification and tell its executor."""
@@ -561,7 +439,7 @@ class Worker:
 
     def _nack(self, msg: Message, task: str) -> None:
         try:  # a hand-back is not a failed try; on a full disk, tried again as space returns
-            self._when_room(lambda: self.broker.nack(msg, requeue=True, count=False),
+            self._answers.when_room(lambda: self.broker.nack(msg, requeue=True, count=False),
                             f"give task {task} back", [msg])
         except DdmqError as err:
             log.warning("cannot give task %s back: %s (it is requeued when its lease ends)", task, err)
@@ -597,8 +475,7 @@ class Worker:
                     self._stop_reason, running.task)
         if not running.lease_lost:
             self._nack(running.msg, running.task)
-        unsent, self._unsent = self._unsent, []
-        self._answer(unsent)
+        self._answers.send_unsent()
         for msg in self._queued:
             self._nack(msg, "(not started)")
         self._heartbeat.remove()

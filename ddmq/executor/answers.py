@@ -1,0 +1,156 @@
+"""A worker's answers: the results of the tasks it ran, published to their reply queues, then their tasks acked.
+
+The worker's main thread gathers the :class:`Answer` of each task of a
+batch and sends them together (one reply message per reply queue); the
+keeper thread sends those gathered so far when a task of the batch turns
+out slow. On a full filesystem (ENOSPC, EDQUOT) nothing is given back,
+which would have the tasks run again: the main thread tries again with
+back-off as space returns, for up to the queue's ``retry_timeout``,
+extending the leases it holds meanwhile (:meth:`Answers.when_room`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..backoff import wait_until
+from ..errors import DdmqError, FilesystemError, LeaseLostError, QueueNotFoundError
+from ..message import Message
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .worker import Worker
+
+log = logging.getLogger("ddmq.executor.worker")
+
+#: errno values of a full filesystem: results wait for room, not given back.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class Answer:
+    """A task that ran: its message, and the result envelope to send back."""
+
+    __slots__ = ("msg", "task", "reply", "result")
+
+    def __init__(self, msg: Message, task: str, reply: str, result: dict[str, Any]):
+        self.msg, self.task, self.reply, self.result = msg, task, reply, result
+
+
+class Answers:
+    """The answers of one worker not sent yet, and how they are sent."""
+
+    def __init__(self, worker: Worker):
+        self._worker = worker
+        self.unsent: list[Answer] = []  # tasks of the batch that ran, not answered yet
+        self._room_given_up = -math.inf  # when when_room last waited in vain for space
+
+    def send_unsent(self) -> None:
+        with self._worker._lock:
+            unsent, self.unsent = self.unsent, []
+        if unsent:
+            self.answer(unsent)
+
+    def answer(self, answers: list[Answer]) -> None:
+        """Publish the results (one message per reply queue), then ack their tasks."""
+        by_reply: dict[str, list[Answer]] = {}
+        for answer in answers:
+            by_reply.setdefault(answer.reply, []).append(answer)
+        done: list[Answer] = []
+        for reply, group in by_reply.items():
+            try:
+                if not self._publish_results(reply, group):
+                    with self._worker._lock:  # the filesystem is full: sent again later
+                        self.unsent.extend(group)
+                    continue
+                done.extend(group)
+                continue
+            except QueueNotFoundError:
+                log.info("reply queue %s is gone (its executor shut down): results of %d "
+                         "task(s) dropped", reply, len(group))
+                done.extend(group)
+            except DdmqError as err:
+                log.error("cannot publish results to %s: %s; giving %d task(s) back",
+                          reply, err, len(group))
+                for answer in group:
+                    self._worker._nack(answer.msg, answer.task)
+            for answer in group:
+                self._worker._spills.discard(answer.result, answer.reply)
+        if not done:
+            return
+        try:
+            self._worker.broker.ack(self._worker.queue, [a.msg.filename for a in done if a.msg.filename])
+        except LeaseLostError as err:
+            log.warning("lease already lost at ack (the task was requeued and may run again "
+                        "elsewhere; the executor keeps the first result): %s", ", ".join(err.missing))
+        except DdmqError as err:
+            log.warning("cannot ack %d task(s): %s (they may run again; their duplicate "
+                        "results will be ignored)", len(done), err)
+        log.debug("done: tasks %s", ", ".join(a.task for a in done))
+
+    def _publish_results(self, reply: str, group: list[Answer]) -> bool:
+        """Publish the results of ``group`` to ``reply`` (True). On a full
+        filesystem they are not given back, which would have them run again:
+        the main thread tries again as space returns (:meth:`_when_room`); the
+        keeper thread leaves them for later (False), unless the worker is
+        stopping. Raises the broker's errors otherwise."""
+        body = [a.result for a in group]
+        try:
+            self.when_room(lambda: self._worker.broker.publish(reply, body), f"publish results to {reply}",
+                            [a.msg for a in group])
+            return True
+        except FilesystemError as err:
+            if err.errno in FULL_ERRNOS and threading.current_thread() is self._worker._keeper \
+                    and not self._worker._stopping:
+                log.debug("cannot publish results to %s now: %s", reply, err)
+                return False
+            raise
+
+    def when_room(self, act: Callable[[], Any], what: str, held: list[Message]) -> None:
+        """``act()``. On a full filesystem (:data:`FULL_ERRNOS`), the main
+        thread does it again with back-off as space returns, for up to the
+        queue's ``retry_timeout`` (less if told to stop and the grace period
+        ends), extending the leases of the messages ``held`` meanwhile (a
+        rename needs no space). Raises the last error if it never succeeds,
+        and at once in the keeper thread, which must not wait."""
+        try:
+            act()
+            return
+        except FilesystemError as err:
+            if err.errno not in FULL_ERRNOS or threading.current_thread() is self._worker._keeper:
+                raise
+            last = err
+        timeout = float(self._worker.broker.get_settings(self._worker.queue)["retry_timeout"])
+        if time.monotonic() - self._room_given_up < timeout:
+            raise last  # still full: waiting for each of a batch would take its length times
+        log.warning("cannot %s: %s; trying again for up to %.0f s", what, last, timeout)
+        lease = min(self._worker._lease_of(msg) for msg in held)
+        next_extend = 0.0
+
+        def attempt() -> bool:
+            nonlocal last, next_extend
+            if self._worker._stopping and time.monotonic() >= self._worker._stop_deadline:
+                raise last  # told to stop, and the grace period is over
+            if time.monotonic() >= next_extend:
+                next_extend = time.monotonic() + lease / 3
+                for msg in held:
+                    try:
+                        self._worker.broker.extend_lease(msg, self._worker._lease_of(msg))
+                    except DdmqError:
+                        pass  # lost: it may run again; its duplicate result is ignored
+            try:
+                act()
+                return True
+            except FilesystemError as err:
+                if err.errno not in FULL_ERRNOS:
+                    raise
+                last = err
+                return False
+
+        if not wait_until(attempt, timeout, first=0.05, most=2.0):
+            self._room_given_up = time.monotonic()
+            raise last
+        log.warning("could %s: the filesystem has room again", what)
