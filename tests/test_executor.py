@@ -304,7 +304,7 @@ def test_functions_of_main_scripts_work(tmp_path):
     script.write_text(
         "import sys\n"
         "from ddmq.executor import DDMQExecutor\n"
-        "import operator\n"
+        "import functools, operator\n"
         "def triple(x):\n"
         "    return 3 * x\n"
         "class Box:\n"
@@ -314,7 +314,7 @@ def test_functions_of_main_scripts_work(tmp_path):
         "    with DDMQExecutor(sys.argv[1], max_workers=1) as ex:\n"
         "        print(list(ex.map(triple, range(5))), ex.submit(lambda: 'ok').result(),\n"
         "              # __main__ functions and classes inside the arguments travel by value too\n"
-        "              ex.submit(operator.call, triple, 2).result(),\n"
+        "              ex.submit(functools.partial(triple, 2)).result(),\n"
         "              ex.submit(operator.attrgetter('v'), Box(7)).result(),\n"
         "              ex.submit(type, Box(1)).result().__name__,\n"
         "              ex.submit(Box, 8).result().v)  # an instance of a __main__ class comes back\n")

@@ -45,12 +45,24 @@ class Answers:
 
     def __init__(self, worker: Worker):
         self._worker = worker
-        self.unsent: list[Answer] = []  # tasks of the batch that ran, not answered yet
+        # Its own lock, not the worker's: the keeper sends what is unsent while
+        # holding the worker's lock when the grace period ends.
+        self._lock = threading.Lock()
+        self._unsent: list[Answer] = []  # tasks of the batch that ran, not answered yet
         self._room_given_up = -math.inf  # when when_room last waited in vain for space
 
+    def add(self, answer: Answer) -> None:
+        """Keep ``answer`` to be sent with the rest of its batch."""
+        with self._lock:
+            self._unsent.append(answer)
+
+    def any_unsent(self) -> bool:
+        return bool(self._unsent)
+
     def send_unsent(self) -> None:
-        with self._worker._lock:
-            unsent, self.unsent = self.unsent, []
+        """Send the answers kept so far (from either thread; each is sent once)."""
+        with self._lock:
+            unsent, self._unsent = self._unsent, []
         if unsent:
             self.answer(unsent)
 
@@ -63,8 +75,8 @@ class Answers:
         for reply, group in by_reply.items():
             try:
                 if not self._publish_results(reply, group):
-                    with self._worker._lock:  # the filesystem is full: sent again later
-                        self.unsent.extend(group)
+                    with self._lock:  # the filesystem is full: sent again later
+                        self._unsent.extend(group)
                     continue
                 done.extend(group)
                 continue

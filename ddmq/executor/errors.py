@@ -2,7 +2,8 @@
 
 All derive from :class:`ddmq.errors.DdmqError` (``BrokenDDMQExecutor`` also
 from ``concurrent.futures.BrokenExecutor``, ``ResultTimeoutError`` also from
-``concurrent.futures.TimeoutError``), except :class:`RemoteTraceback`,
+``concurrent.futures.TimeoutError`` and the builtin ``TimeoutError``, one
+class since Python 3.11), except :class:`RemoteTraceback`,
 which is not raised but attached: it carries a worker's traceback text as the
 ``__cause__`` of the exception a future re-raises.
 """
@@ -14,6 +15,11 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError  # builtin Ti
 
 from ..errors import DdmqError
 
+# Before Python 3.11 concurrent.futures had a TimeoutError of its own; code
+# written for 3.11 and later catches the builtin one. A time-out of ours is both.
+_TIMEOUT_BASES: tuple[type, ...] = ((FuturesTimeoutError,) if FuturesTimeoutError is TimeoutError
+                                    else (FuturesTimeoutError, TimeoutError))
+
 
 class WorkerLostError(DdmqError):
     """A task was given up: the workers that ran it were lost (killed,
@@ -22,9 +28,10 @@ class WorkerLostError(DdmqError):
     per attempt; see :mod:`ddmq.executor.deaths`)."""
 
 
-class ResultTimeoutError(FuturesTimeoutError, DdmqError):
+class ResultTimeoutError(*_TIMEOUT_BASES, DdmqError):  # type: ignore[misc]
     """A result was not ready in time (``result``/``exception`` of a future,
-    ``map``). A ``concurrent.futures.TimeoutError``, whose message says how
+    ``map``). A ``concurrent.futures.TimeoutError`` (and, on every Python, a
+    builtin ``TimeoutError``), whose message says how
     many of the executor's tasks wait, run and are done, and how many
     workers are live on its queue."""
 

@@ -118,7 +118,7 @@ class Keeper(threading.Thread):
                     self._extend(running, now)
                 if running is not None and worker._stopping and now >= worker._stop_deadline:
                     worker._give_back_and_exit(running)
-            if running is not None and worker._answers.unsent:
+            if running is not None and worker._answers.any_unsent():
                 worker._answers.send_unsent()  # the running task is slow: do not hold back earlier results
             if worker._stopping and running is not None and not told_grace:
                 told_grace = True

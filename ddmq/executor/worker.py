@@ -316,8 +316,7 @@ class Worker:
             answer = self._run_task(msg)
             ran += 1
             if answer is not None:
-                with self._lock:
-                    self._answers.unsent.append(answer)
+                self._answers.add(answer)
         self._answers.send_unsent()
         self.tasks_done += ran
         average = (time.monotonic() - started) / max(1, ran)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,10 +62,17 @@ def one_line_error(err: str, words: str) -> bool:
 
 
 def queue_files(b: ddmq.Broker, queue: str = "q") -> dict[str, list[str]]:
+    """The names in each of the queue's folders; tmp/ and dead/ are made when first
+    needed (ddmq.layout), and on a full disk they may not have been."""
     folder = os.path.join(b.root, queue)
-    return {sub or "waiting": sorted(n for n in os.listdir(os.path.join(folder, sub))
-                                     if sub or n[0].isdigit())
-            for sub in ("", "work", "tmp", "dead")}
+
+    def names(sub: str) -> list[str]:
+        path = os.path.join(folder, sub)
+        if sub in ("tmp", "dead") and not os.path.exists(path):
+            return []
+        return sorted(n for n in os.listdir(path) if sub or n[0].isdigit())
+
+    return {sub or "waiting": names(sub) for sub in ("", "work", "tmp", "dead")}
 
 
 def tree(path: str) -> dict[str, bytes]:
@@ -123,11 +131,22 @@ def test_full_filesystem_consume_ack_nack_and_clean(tmp_path, monkeypatch, capsy
         assert status == 1 and out == "" and one_line_error(err, "No space left"), err
         status, out, err = cli(capsys, "nack", b.root, "q", by_cli.filename)
         assert status == 1 and out == "" and one_line_error(err, "No space left"), err
-        # Nothing half-written is visible; what was taken for a requeue waits in tmp/.
+        # Nothing half-written is visible. What the caller nacked is still at work under
+        # its lease, the caller's to nack again; the expired one was taken for a requeue
+        # and waits in tmp/ for housekeeping (or, with no inode left for a tmp/ folder,
+        # stays at work).
         assert all_parse(b)
         files = queue_files(b)
-        assert files["work"] == [] and files["dead"] == [], files
-        assert len(files["tmp"]) == 3 and all(n.startswith("requeue.") for n in files["tmp"]), files
+
+        def ids(names):
+            return sorted(re.search(r"ddmq[0-9a-f]{32}", n).group() for n in names)
+
+        caller_ids = ids([nacked.filename, by_cli.filename])
+        expired_id = ids([expired.filename])
+        assert ids(files["work"]) in (caller_ids, sorted(caller_ids + expired_id)), files
+        assert ids(files["work"] + files["tmp"]) == sorted(caller_ids + expired_id), files
+        assert all(n.startswith("requeue.") for n in files["tmp"]), files
+        assert files["dead"] == [], files
         assert len(files["waiting"]) == 1  # m4
 
         # Space returns. Housekeeping finishes the requeues it finds stale (after 60 s in
@@ -138,6 +157,9 @@ def test_full_filesystem_consume_ack_nack_and_clean(tmp_path, monkeypatch, capsy
             os.unlink(ballast)
         monkeypatch.setattr(sys.modules["ddmq.housekeeping"], "REQUEUE_STALE_SECONDS", 0)
         b.clean("q", force=True)
+        b.nack(nacked)
+        status, out, err = cli(capsys, "nack", b.root, "q", by_cli.filename)
+        assert status == 0, err
         got = []
         while (msg := b.consume("q")) is not None:
             got.append((msg.message, msg.requeue_counter))
