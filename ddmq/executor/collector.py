@@ -41,6 +41,7 @@ from ..errors import DdmqError, LeaseLostError, QueueNotFoundError
 from ..layout import DEAD, DeadName, message_id
 from ..message import Message
 from .deaths import DeathWatch, lost_error
+from .heartbeat import WorkerRecord
 from .envelope import load_refusal, load_result, rebuild, reply_envelopes
 from .errors import BrokenDDMQExecutor, SignatureError, TaskRejectedError, WorkerLostError
 from .tasks import TaskRecord
@@ -74,9 +75,26 @@ class Collector(threading.Thread):
         # Dead workers (local ones as the pool reaps them) and, with no local
         # workers, the warning when nobody serves the queue.
         self.deaths = DeathWatch(executor._broker, executor.queue, executor._tasks)
-        self.deaths.explain = executor._explain_death  # how a worker's Slurm job ended
+        self.deaths.explain = self._explain_death  # how a worker's Slurm job ended
         executor._pool.on_exit = self.deaths.local_exit
         self._watchdog = None if executor.max_workers else Watchdog(executor.root, executor.queue)
+
+    def wake(self) -> None:
+        """Have the collector look at the executor's state now (its shutdown):
+        publish a reply body without envelopes."""
+        try:
+            self._broker.publish(self._reply_queue, [])
+        except DdmqError:
+            pass  # the collector is gone, and the reply queue with it
+
+    def _explain_death(self, record: WorkerRecord) -> tuple[str | None, bool]:
+        """How a dead worker's Slurm job ended, and whether the requeue of
+        its tasks counts (see :mod:`.slurm_pool`)."""
+        if not record.slurm_job:
+            return None, True
+        from .slurm_pool import worker_death  # Slurm only when asked for
+        slurm = self._executor._slurm
+        return worker_death(record, slurm.ends if slurm is not None else None)
 
     def run(self) -> None:
         executor = self._executor

@@ -72,8 +72,8 @@ from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal
 
 from ..broker import Broker
-from ..errors import DdmqError, MessageNotFoundError, QueueNotFoundError
-from ..layout import check_queue_name, message_id
+from ..errors import DdmqError, QueueNotFoundError
+from ..layout import check_queue_name
 from ..root import check_root_path
 from . import heartbeat, watchdog
 from .attach import AttachedRun
@@ -87,10 +87,11 @@ from .pickling import callable_name
 from .pool import WORKER_STOP_TIMEOUT, LocalPool
 from .reaper import DriverUpkeep
 from .callkeys import TaskKeys
-from .runs import check_run_name
+from .options import check_options
 from .secret import load_secret
 from .spill import SpillStore
 from .tasks import TaskFuture, TaskRecord, TaskTable
+from .withdraw import withdraw_task
 
 if TYPE_CHECKING:
     from ..slurm import SlurmWorkers
@@ -195,27 +196,8 @@ class DDMQExecutor(Executor):
                  start_timeout: float = 60.0, workers: SlurmWorkers | None = None,
                  task_duration: float | None = None, run: str | None = None,
                  retry_failed: bool = False):
-        if max_workers is None:
-            max_workers = os.cpu_count() or 1
-        if type(max_workers) is not int or max_workers < 0:
-            raise ValueError(f"max_workers must be a whole number >= 0 or None, not {max_workers!r}")
-        if lease is not None and (not isinstance(lease, (int, float)) or not lease >= 1):
-            raise ValueError(f"lease must be at least 1 second or None, not {lease!r}")
-        if type(retries) is not int or retries < 0:
-            raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
-        if priority is not None and (type(priority) is not int or priority < 0):
-            raise ValueError(f"priority must be a whole number >= 0 or None, not {priority!r}")
-        if task_duration is not None and (isinstance(task_duration, bool) or not isinstance(
-                task_duration, (int, float)) or not 0 <= task_duration < math.inf):
-            raise ValueError(f"task_duration must be 0 or more seconds or None, not {task_duration!r}")
-        if workers is not None:
-            from ..slurm import SlurmWorkers as _SlurmWorkers  # Slurm only when asked for
-            if not isinstance(workers, _SlurmWorkers):
-                raise ValueError(f"workers must be a ddmq.slurm.SlurmWorkers or None, not {workers!r}")
-        if retry_failed and run is None:
-            raise ValueError("retry_failed=True needs a run (run='NAME')")
-        if run is not None:
-            check_run_name(run)
+        max_workers = check_options(max_workers, lease, retries, priority, task_duration, workers,
+                                    run, retry_failed)
         check_queue_name(queue)
         root = check_root_path(root)  # before anything on disk: "" is not the current folder
         setup = Broker(root, create=True)
@@ -252,8 +234,8 @@ class DDMQExecutor(Executor):
         self._pool = LocalPool(self.root, queue, [str(arg) for arg in worker_args])
         self._slurm: SlurmPool | None = None  # the worker jobs of workers=SlurmWorkers(...)
         if workers is not None:
-            from .slurm_pool import SlurmPool
-            self._slurm = SlurmPool(workers, self.root, queue, worker_args=[str(a) for a in worker_args])
+            from . import slurm_pool  # Slurm only when asked for
+            self._slurm = slurm_pool.SlurmPool(workers, self.root, queue, worker_args=list(self._pool.worker_args))
         self._environment = EnvironmentCheck(self.root)  # warns of workers on other versions
         # Advisory fields of every task envelope (unsigned; see walltime_guard, environment).
         self._task_advice: dict[str, Any] = {"env": versions()}
@@ -429,57 +411,19 @@ class DDMQExecutor(Executor):
         chunksize, extra = divmod(n, workers * 4)
         return max(1, chunksize + (1 if extra else 0))
 
-    def _explain_death(self, record: heartbeat.WorkerRecord) -> tuple[str | None, bool]:
-        """For the collector's DeathWatch: how a dead worker's Slurm job ended,
-        and whether the requeue of its tasks counts (see :mod:`.slurm_pool`)."""
-        if not record.slurm_job:
-            return None, True
-        from .slurm_pool import worker_death
-        return worker_death(record, self._slurm.ends if self._slurm is not None else None)
-
     def workers(self) -> tuple[list[heartbeat.WorkerRecord], list[heartbeat.WorkerRecord]]:
         """(live, lost) workers of this executor's queue, from their heartbeats."""
         return heartbeat.list_workers(self.root, self.queue)
 
     def _timed_out(self, timeout: float | None) -> BaseException:
-        """What a future's ``result(timeout)`` raises when the time is up: a
-        ResultTimeoutError saying where this executor's tasks stand."""
+        """What ``result(timeout)`` raises when the time is up (see :mod:`.watchdog`)."""
         return watchdog.timeout_error(self, timeout)
 
     # --- cancel and shutdown -------------------------------------------------------
 
     def _withdraw(self, task_id: str) -> bool:
         """Delete the message of a task no worker has claimed; True if done."""
-        task = self._tasks.get(task_id)
-        if task is None or task.msg is None:
-            return False
-        try:
-            self._broker.delete_message(task.msg)
-        except MessageNotFoundError:
-            # Claimed by a worker; or requeued since (lost worker, given
-            # back), which keeps the message id under a new name.
-            if not task.msg.id or not self._delete_requeued(task.msg.id):
-                return False
-        except DdmqError as err:
-            log.warning("cannot cancel task %s: %s", task_id, err)
-            return False
-        self._tasks.forget(task)
-        log.debug("cancelled task %s", task_id)
-        return True
-
-    def _delete_requeued(self, msg_id: str) -> bool:
-        """Delete the waiting message with id ``msg_id``, whatever its name now."""
-        try:
-            waiting, _ = self._broker.get_message_list(self.queue)
-        except DdmqError:
-            return False
-        for name in waiting:
-            if message_id(name) == msg_id:
-                try:
-                    return self._broker.delete_message(os.path.join(self.queue, name))
-                except DdmqError:
-                    return False
-        return False
+        return withdraw_task(self._broker, self.queue, self._tasks, task_id)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; later ``submit`` raises RuntimeError.
@@ -496,11 +440,12 @@ class DDMQExecutor(Executor):
         if cancel_futures:
             for task in self._tasks.tasks():
                 task.future.cancel()
-        self._wake_collector()
         collector = self._collector
         if collector is None:
             self._cleanup()
-        elif wait and collector is not threading.current_thread():
+            return
+        collector.wake()
+        if wait and collector is not threading.current_thread():
             collector.join()
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
@@ -511,12 +456,6 @@ class DDMQExecutor(Executor):
             stop_on_interrupt(self)
         self.shutdown(wait=True)
         return False
-
-    def _wake_collector(self) -> None:
-        try:
-            self._broker.publish(self.reply_queue, [])  # a reply body without envelopes
-        except DdmqError:
-            pass  # the collector is gone, and the reply queue with it
 
     def _at_exit(self) -> None:
         """At interpreter exit: like ``shutdown(wait=True)`` if local workers

@@ -33,8 +33,7 @@ import weakref
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from ..errors import DdmqError, MessageNotFoundError
-from ..layout import message_id
+from .withdraw import withdraw_all
 
 if TYPE_CHECKING:
     from .executor import DDMQExecutor
@@ -94,35 +93,12 @@ def stop_on_interrupt(executor: DDMQExecutor) -> None:
 
 
 def _withdraw(executor: DDMQExecutor, listing: bool) -> int:
-    """Delete the waiting messages of the executor's unresolved tasks and
-    cancel their futures; the number withdrawn. Without ``listing``, each
-    message by the name it was published under; with it, by its id in one
-    listing of the queue (a task given back, or requeued, has the same id
-    under another name). Errors are logged."""
-    broker = executor._broker
-    by_id = {task.msg.id: task for task in executor._tasks.tasks()
-             if task.msg is not None and task.msg.id}
-    withdrawn = 0
-    try:
-        if listing:
-            waiting, _ = broker.get_message_list(executor.queue)
-            names = [(name, by_id.get(message_id(name) or "")) for name in waiting]
-        else:
-            names = [(task.msg.filename or "", task) for task in by_id.values()
-                     if task.msg is not None]
-        for name, task in names:
-            if task is None or not name:
-                continue
-            try:
-                broker.delete_message(f"{executor.queue}/{name}")
-            except MessageNotFoundError:
-                continue  # claimed by a worker
-            _cancel(executor, task)
-            withdrawn += 1
-    except (OSError, DdmqError) as err:
-        log.warning("cannot withdraw the tasks of %s from %s: %s", executor.reply_queue,
-                    executor.queue, err)
-    return withdrawn
+    """Withdraw the waiting tasks of the executor and cancel their futures
+    (see :mod:`.withdraw`); the number withdrawn."""
+    withdrawn = withdraw_all(executor._broker, executor.queue, executor._tasks, listing)
+    for task in withdrawn:
+        _cancel(executor, task)
+    return len(withdrawn)
 
 
 def _cancel(executor: DDMQExecutor, task: TaskRecord) -> None:

@@ -32,7 +32,7 @@ from ..errors import DdmqError
 
 if TYPE_CHECKING:
     from ..broker import Broker
-    from ..slurm import JobEnd, SlurmJobs, SlurmWorkers
+    from ..slurm import JobEnd, SlurmWorkers
 
 __all__ = ["POLL_SECONDS", "FINAL_WAIT", "NOT_THE_TASKS_FAULT", "SlurmPool", "worker_death",
            "explain_lost"]
