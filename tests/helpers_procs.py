@@ -186,7 +186,7 @@ def housekeeper(root: str, queue: str, log_path: str, barrier, rounds: int) -> N
     ``C ROUND N``: N = how many expired messages this process requeued."""
     def body() -> None:
         counter = _CountRequeues()
-        logger = logging.getLogger("ddmq.broker")
+        logger = logging.getLogger("ddmq")  # housekeeping logs below it
         logger.addHandler(counter)
         logger.setLevel(logging.INFO)
         b = ddmq.broker(root)

@@ -379,6 +379,8 @@ def test_concurrent_housekeepers_requeue_each_expired_message_once(tmp_path, pro
     procs.join()
     share = [[int(f[2]) for f in read_log(procs.log(n))] for n in keepers]
     assert all(len(s) == rounds for s in share)  # every housekeeper cleaned every round
+    # Each round, every expired message was requeued by exactly one of them.
+    assert [sum(s[r] for s in share) for r in range(rounds)] == [n_msgs] * rounds, share
     for msg in b.consume(Q, n=n_msgs):
         b.ack(msg)
     assert_empty(b)

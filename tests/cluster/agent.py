@@ -75,10 +75,9 @@ class Agent:
         self.args = args
         self.log = Log(args["log"])
         self.recorder = _Recorder(self.log)
-        for name in ("ddmq.protocol", "ddmq.broker"):
-            logger = logging.getLogger(name)
-            logger.addHandler(self.recorder)
-            logger.setLevel(logging.INFO)
+        logger = logging.getLogger("ddmq")  # the core's modules all log below it
+        logger.addHandler(self.recorder)
+        logger.setLevel(logging.INFO)
         self.b = ddmq.broker(args["root"])
         self.recorder.broker = self.b
         self.b.clock.now()  # learn the server's clock before the work starts
