@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from .broker import Broker, broker
 from .errors import (DdmqError, FilesystemError, InvalidMessageError, InvalidNameError,
                      InvalidRootError, LeaseLostError, MessageNotFoundError, QueueNotFoundError,
-                     RootError, RootMissingError, RootUninitiatedError, SettingsError)
+                     RootError, RootMissingError, RootUninitiatedError, SettingsError,
+                     UnsafeFileError)
 from .message import Message, message
 
 __version__ = "1.0.0"
@@ -34,10 +35,12 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 #: They are loaded on first use, so that the queue core (``import ddmq``)
 #: never imports the executor, cloudpickle or the worker.
 _EXECUTOR_NAMES = ("DDMQExecutor", "BrokenDDMQExecutor", "TaskRejectedError", "WorkerLostError",
-                   "RemoteTraceback", "SecretError", "SignatureError")
+                   "RemoteTraceback", "SecretError", "SignatureError", "ResultTimeoutError",
+                   "NoWorkerWarning", "RunError", "RunInUseError")
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .executor import (BrokenDDMQExecutor, DDMQExecutor, RemoteTraceback, SecretError,
+    from .executor import (BrokenDDMQExecutor, DDMQExecutor, NoWorkerWarning, RemoteTraceback,
+                           ResultTimeoutError, RunError, RunInUseError, SecretError,
                            SignatureError, TaskRejectedError, WorkerLostError)
 
 
@@ -56,5 +59,6 @@ __all__ = [
     "Broker", "broker", "Message", "message", "__version__",
     "DdmqError", "FilesystemError", "InvalidMessageError", "InvalidNameError", "InvalidRootError",
     "LeaseLostError", "MessageNotFoundError", "QueueNotFoundError", "RootError",
-    "RootMissingError", "RootUninitiatedError", "SettingsError", *_EXECUTOR_NAMES,
+    "RootMissingError", "RootUninitiatedError", "SettingsError", "UnsafeFileError",
+    *_EXECUTOR_NAMES,
 ]

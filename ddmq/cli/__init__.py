@@ -2,7 +2,7 @@
 
 Usage: ``ddmq <command> [<args>]``; ``ddmq <command> -h`` for each command.
 The commands and options are those of the original ddmq 0.9.14, plus
-``dead`` and ``workers``::
+``dead``, ``workers``, ``runs``, ``slurm`` and ``status``::
 
     view      List queues and number of messages                  (ddmq.cli.queues)
     create    Create a queue                                      (ddmq.cli.queues)
@@ -16,6 +16,8 @@ The commands and options are those of the original ddmq 0.9.14, plus
     clean     Clean out expired messages from queue               (ddmq.cli.queues)
     dead      List (or requeue) the dead letters of a queue       (ddmq.cli.dead)
     workers   List live and lost executor workers (heartbeats)    (ddmq.cli.workers)
+    runs      List (show, remove) the named runs of the executor  (ddmq.cli.runs)
+    slurm     Submit, list or cancel worker jobs on Slurm         (ddmq.cli.slurm)
     status    Queues, workers and latest failures, from the files (ddmq.cli.status)
     json      Run a command packaged as a JSON object             (ddmq.cli.parser)
 
@@ -29,7 +31,8 @@ does no filesystem work of its own, and uses only the library's public API
 (:mod:`ddmq`, :mod:`ddmq.layout`, :mod:`ddmq.executor`)::
 
     main ──> parser ──> options                    the parser, from each command's declaration
-      └────> queues, messages, dead, workers      the handlers
+      └────> queues, messages, dead, workers,     the handlers
+             runs, slurm, status
                  └──> common ──> ddmq.Broker       check, open, require; print
 
 Output: the command's result goes to stdout (human lines like the
