@@ -531,3 +531,23 @@ def test_a_task_the_workers_cannot_import_fails_clearly(tmp_path):
             assert ex.submit(only_here_mod.f, 1).result(timeout=LONG) == 2
     finally:
         sys.path.remove(str(module))
+
+
+def test_the_executors_threads_shadow_nothing_of_threading_thread():
+    """Python 3.13 gave ``threading.Thread`` a ``_handle``, which a method of
+    the collector once shadowed: no attribute of our threads may have the
+    name of one of Thread's, on the Python running the tests."""
+    import ast
+    import inspect
+    import threading
+    from ddmq.executor.collector import Collector
+    from ddmq.executor.keeper import Keeper
+    thread = threading.Thread()
+    theirs = set(dir(thread)) | set(vars(thread))
+    for cls in (Collector, Keeper):
+        tree = ast.parse(inspect.getsource(cls))
+        ours = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name) and node.value.id == "self"}
+        ours |= {name for name in vars(cls) if not name.startswith("__")}
+        public = {"run", "start", "join", "name", "daemon", "is_alive"}  # overridden on purpose
+        assert not (ours & theirs) - public, (cls.__name__, sorted((ours & theirs) - public))

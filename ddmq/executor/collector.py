@@ -120,7 +120,7 @@ class Collector(threading.Thread):
                     errors.sleep()
                     continue
                 if isinstance(got, list) and got:  # n > 1: always a list
-                    self._handle(got)
+                    self._take_replies(got)
                 if executor._run is not None:
                     self._ack(executor._run.tick())
         except BaseException as err:  # a bug: say so on every unresolved future
@@ -133,7 +133,7 @@ class Collector(threading.Thread):
 
     # --- replies ------------------------------------------------------------------
 
-    def _handle(self, msgs: list[Message]) -> None:
+    def _take_replies(self, msgs: list[Message]) -> None:
         for msg in msgs:
             for doc in reply_envelopes(msg.message):
                 try:
@@ -152,7 +152,7 @@ class Collector(threading.Thread):
             got = self._broker.consume(self._reply_queue, n=REPLY_BATCH)
             if not got:
                 break
-            self._handle(got)
+            self._take_replies(got)
         if self._executor._run is not None:
             self._ack(self._executor._run.tick())
 
