@@ -449,6 +449,15 @@ def remove_quietly(path: str) -> None:
         pass
 
 
+def close_quietly(fd: int | None) -> None:
+    """Close ``fd`` if there is one; errors are ignored (it is given up either way)."""
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def remove_folder(path: str, retry_timeout: float) -> None:
     """Remove the empty folder ``path`` if it is there."""
     try:

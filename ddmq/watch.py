@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 
+from . import protocol
+
 log = logging.getLogger(__name__)
 
 _IN_CLOSE_WRITE = 0x00000008
@@ -98,11 +100,7 @@ class FolderWatcher:
         """Stop watching ``folder`` (it was deleted, or is no longer used)."""
         with self._lock:
             fd = self._fds.pop(folder, None)
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        protocol.close_quietly(fd)
 
     def close(self) -> None:
         for folder in list(self._fds):

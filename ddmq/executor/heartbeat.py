@@ -215,12 +215,8 @@ class Heartbeat:
             self.beat(state, task, tasks_done)
 
     def _close(self) -> None:
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
+        protocol.close_quietly(self._fd)
+        self._fd = None
 
     def remove(self) -> None:
         """Delete the record (the worker is exiting cleanly)."""

@@ -360,12 +360,8 @@ class Run:
         return fd
 
     def _close_segment(self) -> None:
-        if self._segment is not None:
-            try:
-                os.close(self._segment)
-            except OSError:
-                pass
-            self._segment = None
+        protocol.close_quietly(self._segment)
+        self._segment = None
 
     def _load(self) -> None:
         """Read the outcomes of every segment; past COMPACT_AFTER segments,

@@ -355,8 +355,5 @@ class SpillWriter:
         """Drop what was written."""
         if self._open:
             self._open = False
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+            protocol.close_quietly(self._fd)
         protocol.remove_quietly(self._temp)
