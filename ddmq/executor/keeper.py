@@ -77,6 +77,8 @@ class Keeper(threading.Thread):
         self.dozing = False  # in a long idle pause (see KEEPER_IDLE_TICK)
         self._next_nudge = 0.0  # see task_started
         self._finished = False
+        self._next_beat = 0.0  # when the heartbeat record is due (monotonic)
+        self._told_grace = False  # the grace period was announced
 
     def wake(self) -> None:
         """Look at the duties now (a new task's lease may need extending sooner than the next tick)."""
@@ -104,47 +106,55 @@ class Keeper(threading.Thread):
         # in a task (time.sleep), so its handler would wait for the task to end.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM,
                                                   signal.SIGUSR1, signal.SIGURG})
-        worker = self._worker
-        beat = worker._heartbeat
-        next_beat = time.monotonic() + beat.interval
-        told_grace = False
         while not self._finished:
-            to_drain = worker._walltime.tick()  # in a Slurm job: drain in time (see walltime_guard)
-            worker._orphans.tick()  # the running task's executor went away: drop it (see reaper)
-            now = time.monotonic()
-            with worker._lock:
-                running = worker._running
-                if running is not None and not running.lease_lost and now >= running.next_extend:
-                    self._extend(running, now)
-                if running is not None and worker._stopping and now >= worker._stop_deadline:
-                    worker._give_back_and_exit(running)
-            if running is not None and worker._answers.any_unsent():
-                worker._answers.send_unsent()  # the running task is slow: do not hold back earlier results
-            if worker._stopping and running is not None and not told_grace:
-                told_grace = True
-                log.warning("%s: task %s may run %.0f s more before it is given back",
-                            worker._stop_reason, running.task,
-                            max(0.0, worker._stop_deadline - now))
-            # Every tick: a change of state or task is written within a second or so.
-            state = "stopping" if worker._stopping else ("running" if running else "idle")
-            next_beat = now + beat.keep(state, running.task if running else None, worker.tasks_done)
-            if (worker.parent is not None and not worker._stopping
-                    and os.getppid() != worker.parent):
-                log.warning("the process that started this worker (pid %d) is gone: stopping",
-                            worker.parent)
-                os.kill(os.getpid(), signal.SIGTERM)  # the same path as a SIGTERM from outside
-            tick = KEEPER_TICK
-            written = beat._written
-            # Idle, and the record says so: doze (the main thread wakes the keeper when a task starts).
-            self.dozing = (running is None and not worker._stopping and written is not None
-                           and written[:2] == (state, None))
-            if self.dozing:
-                tick = KEEPER_IDLE_TICK if to_drain is None else min(KEEPER_IDLE_TICK, to_drain)
-            pause = min(tick, max(0.0, next_beat - now))
-            if running is not None and not running.lease_lost:
-                pause = min(pause, max(0.0, running.next_extend - now))
+            try:
+                pause = self._tick()
+            except Exception:  # noqa: BLE001 (a keeper that dies leaves leases to expire)
+                log.exception("the keeper thread of worker %s failed a round of its duties; "
+                              "going on", self._worker.name)
+                pause = KEEPER_TICK
             self._wake.wait(pause)
             self._wake.clear()
+
+    def _tick(self) -> float:
+        """One round of the keeper's duties; the seconds to pause before the next."""
+        worker = self._worker
+        beat = worker._heartbeat
+        to_drain = worker._walltime.tick()  # in a Slurm job: drain in time (see walltime_guard)
+        worker._orphans.tick()  # the running task's executor went away: drop it (see reaper)
+        now = time.monotonic()
+        with worker._lock:
+            running = worker._running
+            if running is not None and not running.lease_lost and now >= running.next_extend:
+                self._extend(running, now)
+            if running is not None and worker._stopping and now >= worker._stop_deadline:
+                worker._give_back_and_exit(running)
+        if running is not None and worker._answers.any_unsent():
+            worker._answers.send_unsent()  # the running task is slow: do not hold back earlier results
+        if worker._stopping and running is not None and not self._told_grace:
+            self._told_grace = True
+            log.warning("%s: task %s may run %.0f s more before it is given back",
+                        worker._stop_reason, running.task,
+                        max(0.0, worker._stop_deadline - now))
+        # Every tick: a change of state or task is written within a second or so.
+        state = "stopping" if worker._stopping else ("running" if running else "idle")
+        self._next_beat = now + beat.keep(state, running.task if running else None, worker.tasks_done)
+        if (worker.parent is not None and not worker._stopping
+                and os.getppid() != worker.parent):
+            log.warning("the process that started this worker (pid %d) is gone: stopping",
+                        worker.parent)
+            os.kill(os.getpid(), signal.SIGTERM)  # the same path as a SIGTERM from outside
+        tick = KEEPER_TICK
+        written = beat._written
+        # Idle, and the record says so: doze (the main thread wakes the keeper when a task starts).
+        self.dozing = (running is None and not worker._stopping and written is not None
+                       and written[:2] == (state, None))
+        if self.dozing:
+            tick = KEEPER_IDLE_TICK if to_drain is None else min(KEEPER_IDLE_TICK, to_drain)
+        pause = min(tick, max(0.0, self._next_beat - now))
+        if running is not None and not running.lease_lost:
+            pause = min(pause, max(0.0, running.next_extend - now))
+        return pause
 
     def _extend(self, running: RunningTask, now: float) -> None:
         try:
