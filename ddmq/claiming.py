@@ -29,7 +29,7 @@ from .backoff import wait_until
 from .clock import lease_expiry
 from .delivery import Delivery
 from .errors import FilesystemError, InvalidMessageError, InvalidNameError, UnsafeFileError
-from .layout import WORK, WaitingName, WorkName, claimer_tag
+from .layout import WORK, WaitingName, WorkName, claimer_tag, queue_time_ns
 from .listing import Listings
 from .message import Message, short_repr
 from .root import Root
@@ -57,6 +57,7 @@ class Claimer:
         """Claim up to ``n`` waiting messages, best first; [] if none."""
         settings = self.root.effective(queue)
         got: list[Message] = []
+        order: list[tuple[int, int]] = []  # (priority, publish time) of each message got
         listed = False  # list at most once per call: what one listing missed, the next call finds
         while len(got) < n:
             try:
@@ -81,6 +82,14 @@ class Claimer:
             self.listings.outcome(queue, msg is not None)
             if msg is not None:
                 got.append(msg)
+                waiting = WaitingName.parse(name)
+                order.append((waiting.priority, queue_time_ns(waiting.queue_number))
+                             if waiting is not None else (0, 0))
+        if len(got) > 1:
+            # Best first, whatever order the claims succeeded in: after a lost race
+            # the listing skips ahead, and finds the messages it skipped when it
+            # lists again; a worker runs its batch in this order.
+            got = [msg for _, msg in sorted(zip(order, got), key=lambda pair: pair[0])]
         return got
 
     def claim_path(self, queue: str, folder: str, path: str) -> list[Message]:

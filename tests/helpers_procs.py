@@ -129,6 +129,24 @@ def consumer(root: str, queue: str, log_path: str, until: Sequence[str] = (), st
     _guarded(log_path, body)
 
 
+def batch_consumer(root: str, queue: str, log_path: str, start, n: int) -> None:
+    """Once ``start`` is set, ``consume(queue, n=n)`` until a call comes back
+    empty; log each batch as ``B ID,ID,...`` in the order consume returned
+    it, then ack it."""
+    def body() -> None:
+        b = ddmq.broker(root)
+        fd = _open_log(log_path)
+        start.wait()
+        while True:
+            got = b.consume(queue, n=n)
+            if not got:
+                break
+            _log(fd, "B " + ",".join(msg.message for msg in got))
+            b.ack(queue, [msg.filename for msg in got])
+        os.close(fd)
+    _guarded(log_path, body)
+
+
 def _consume_until_done(b: ddmq.Broker, queue: str, until: Sequence[str], start, wait: float):
     """Yield the messages of ``queue`` (after ``start`` is set) up to the first
     empty consume() that began after every path in ``until`` existed (so

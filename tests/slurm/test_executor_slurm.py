@@ -39,11 +39,16 @@ def test_executor_submits_its_workers_serves_a_map_over_nodes_and_cancels_them(s
         # ddmq status while 3 tasks of 4 s run, one per node, and 2 wait
         slow = [ex.submit(tasks.where, x, 4.0) for x in range(5)]
         ids_slow = {f._task_id for f in slow}
-        seen = wait_for("3 workers running a slow task", lambda: (lambda d: d if sum(
-            w["task"] in ids_slow for w in d["workers"]) == 3 else None)(
+        # "running": claimed (a worker that just ran quick tasks claims a few at once, and
+        # gives back those it has not started when one turns out slow: while it does, a
+        # task is in neither count for a moment, so the status is read until it settles)
+        def settled(d):
+            (q,) = d["queues"]
+            running_slow = sum(w["task"] in ids_slow for w in d["workers"])
+            return d if running_slow == 3 and q["waiting"] + q["running"] == 5 else None
+        seen = wait_for("3 workers running a slow task, 2 waiting", lambda: settled(
             json.loads(ok("status", slurm_root, "--format", "json"))), timeout=20)
         (queue,) = seen["queues"]
-        # "running": claimed (a worker that just ran quick tasks claims a few at once)
         assert (queue["queue"], queue["waiting"] + queue["running"], queue["live_workers"]) == \
             ("tasks", 5, 3) and queue["running"] >= 3
         assert queue["done_last_minute"] >= 600
