@@ -77,7 +77,6 @@ class Keeper(threading.Thread):
         self.dozing = False  # in a long idle pause (see KEEPER_IDLE_TICK)
         self._next_nudge = 0.0  # see task_started
         self._finished = False
-        self._next_beat = 0.0  # when the heartbeat record is due (monotonic)
         self._told_grace = False  # the grace period was announced
 
     def wake(self) -> None:
@@ -138,7 +137,7 @@ class Keeper(threading.Thread):
                         max(0.0, worker._stop_deadline - now))
         # Every tick: a change of state or task is written within a second or so.
         state = "stopping" if worker._stopping else ("running" if running else "idle")
-        self._next_beat = now + beat.keep(state, running.task if running else None, worker.tasks_done)
+        next_beat = now + beat.keep(state, running.task if running else None, worker.tasks_done)
         if (worker.parent is not None and not worker._stopping
                 and os.getppid() != worker.parent):
             log.warning("the process that started this worker (pid %d) is gone: stopping",
@@ -151,7 +150,7 @@ class Keeper(threading.Thread):
                        and written[:2] == (state, None))
         if self.dozing:
             tick = KEEPER_IDLE_TICK if to_drain is None else min(KEEPER_IDLE_TICK, to_drain)
-        pause = min(tick, max(0.0, self._next_beat - now))
+        pause = min(tick, max(0.0, next_beat - now))
         if running is not None and not running.lease_lost:
             pause = min(pause, max(0.0, running.next_extend - now))
         return pause
