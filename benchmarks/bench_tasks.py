@@ -26,12 +26,15 @@ def sleep20(x: Any) -> Any:
     return x
 
 
-def one_mb(x: Any) -> bytes:
-    """1 MB of random bytes, generated once per worker process: W5 measures
-    the transport of results, not os.urandom."""
+def one_mb(x: int) -> bytes:
+    """A new 1 MB bytes object per call, its first 8 bytes the argument: W5
+    measures the transport of results, not os.urandom (the random megabyte is
+    drawn once per worker process), and no executor can send one object once
+    for several calls (pickle's memo would, for calls sharing a chunk or a
+    reply, if every call returned the same object)."""
     if not _PAYLOAD:
         _PAYLOAD.append(os.urandom(MB))
-    return _PAYLOAD[0]
+    return x.to_bytes(8, "little") + _PAYLOAD[0][8:]
 
 
 def sleep100(x: Any) -> Any:
