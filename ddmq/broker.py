@@ -131,15 +131,18 @@ class Broker:
     def publish(self, queue: str, msg_text: Any = None, priority: int | None = None,
                 timeout: int | None = None, requeue: bool | None = None,
                 requeue_prio: int | None = None, requeue_limit: int | None = None,
-                clean: bool = True) -> Message:
+                clean: bool = True, msg_id: str | None = None) -> Message:
         """Publish ``msg_text`` (any JSON-serialisable value) to ``queue``; return the message.
 
         ``priority``: 0 is consumed first (default: the queue's setting, 999).
         ``timeout``: lease length in seconds once consumed. ``requeue``: whether
         nack and lease expiry requeue it (``requeue_prio`` implies True).
         ``requeue_limit``: requeues allowed before it is dead-lettered. Values
-        left None follow the queue's settings. Raises QueueNotFoundError (unless
-        the broker creates queues), InvalidMessageError, FilesystemError.
+        left None follow the queue's settings. ``msg_id``: the message's id
+        (32 hex digits; default: a new random one), for a message that carries
+        on part of another one, under the id its publisher knows it by.
+        Raises QueueNotFoundError (unless the broker creates queues),
+        InvalidMessageError, FilesystemError.
         """
         folder = self._root.queue_dir(queue)
         _check_int("priority", priority, 0)
@@ -150,11 +153,14 @@ class Broker:
             raise InvalidMessageError(f"requeue must be True, False or None, not {requeue!r}")
         if requeue_prio is not None and requeue is None:
             requeue = True
+        if msg_id is not None and not (isinstance(msg_id, str) and len(msg_id) == 32
+                                       and all(c in "0123456789abcdef" for c in msg_id)):
+            raise InvalidMessageError(f"msg_id must be 32 lowercase hex digits, not {msg_id!r}")
         settings = self._root.effective(queue)
         if priority is None:
             priority = settings["priority"]
         msg = Message(queue=queue, message="" if msg_text is None else msg_text,
-                      timeout=timeout, id=os.urandom(16).hex(), priority=priority,
+                      timeout=timeout, id=msg_id or os.urandom(16).hex(), priority=priority,
                       queue_number=next_queue_number(), requeue=requeue,
                       requeue_limit=requeue_limit, requeue_prio=requeue_prio)
         self._delivery.write_waiting(queue, folder, msg, settings)

@@ -7,7 +7,8 @@ half); this module is its command-line entry point, and keeps
 
 import sys
 
-from .executor.worker import Worker, build_parser, main
+from .executor.worker import Worker
+from .executor.worker_cli import build_parser, main
 
 __all__ = ["Worker", "build_parser", "main"]
 

@@ -256,6 +256,7 @@ def test_the_lease_is_the_task_queues_message_timeout_unless_given(tmp_path):
         with DDMQExecutor(root, max_workers=0, queue=queue, lease=lease) as ex:
             assert ex.lease == expected
             future = ex.submit(pow, 2, 2)
+            wait_until(lambda: b.get_message_list(queue)[0], "the task to be published")
             (name,), _ = b.get_message_list(queue)
             assert b.get_message(os.path.join(queue, name)).timeout == expected
             assert future.cancel()

@@ -76,6 +76,8 @@ with DDMQExecutor(root, max_workers=workers, lease=600, start_timeout=120) as ex
         print([f.result() for f in futures], flush=True)
     else:  # "publish": tasks with spill files (large arguments), then wait to be killed
         futures = [ex.submit(record_run, i, marks, os.urandom(100_000)) for i in range(n)]
+        while any(task.msg is None for task in ex._tasks.tasks()):  # submit returns before
+            time.sleep(0.01)                                         # its task is published
         print("published", flush=True)
         time.sleep(600)
 """

@@ -134,6 +134,16 @@ def waiting_and_work(executor):
     return ddmq.broker(executor.root).get_message_list(executor.queue)
 
 
+def published(executor, count: int) -> list:
+    """The waiting messages of ``executor``'s queue once there are ``count`` of them: ``submit``
+    returns before its publisher thread has written the task's file."""
+    deadline = time.monotonic() + LONG
+    while len(waiting_and_work(executor)[0]) != count:
+        assert time.monotonic() < deadline, f"never {count} waiting messages"
+        time.sleep(0.01)
+    return waiting_and_work(executor)[0]
+
+
 def start_worker(root, *args, log=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, HERE, os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, "-m", "ddmq.worker", str(root), "--heartbeat", "0.5", *args],
@@ -184,24 +194,24 @@ def test_map_timeout_raises_timeout_error(ex, tmp_path):
         open(gate, "w").close()
 
 
-def test_map_chunksize_batches_calls_into_fewer_messages(ex, monkeypatch):
-    published = []
+def test_map_chunksize_batches_calls_into_fewer_tasks(ex, monkeypatch):
+    sent = []  # one entry per task (a bundle message carries several, see publisher)
     original = ex._broker.publish
 
-    def counting(queue, *args, **kwargs):
+    def counting(queue, body=None, *args, **kwargs):
         if queue == ex.queue:
-            published.append(queue)
-        return original(queue, *args, **kwargs)
+            sent.extend(body if isinstance(body, list) else [body])
+        return original(queue, body, *args, **kwargs)
 
     monkeypatch.setattr(ex._broker, "publish", counting)
     assert list(ex.map(square, range(10), chunksize=4)) == [x * x for x in range(10)]
-    assert len(published) == 3
-    published.clear()
+    assert len(sent) == 3
+    sent.clear()
     assert list(ex.map(square, range(100))) == [x * x for x in range(100)]  # chunksize chosen
-    assert 1 < len(published) < 100
-    published.clear()
+    assert 1 < len(sent) < 100
+    sent.clear()
     assert list(ex.map(add, range(7), range(7), chunksize=1)) == [2 * x for x in range(7)]
-    assert len(published) == 7
+    assert len(sent) == 7
     with pytest.raises(ValueError):
         ex.map(square, range(3), chunksize=0)
 
@@ -332,7 +342,7 @@ def test_cancel_of_a_waiting_task_removes_its_message(tmp_path):
     ex = DDMQExecutor(root, max_workers=0)
     try:
         future = ex.submit(square, 3)
-        assert len(waiting_and_work(ex)[0]) == 1
+        published(ex, 1)
         assert future.cancel() is True
         assert future.cancelled() and future.done()
         assert waiting_and_work(ex) == ([], [])
@@ -341,6 +351,7 @@ def test_cancel_of_a_waiting_task_removes_its_message(tmp_path):
         assert future.cancel() is True  # cancelling again is fine
 
         taken = ex.submit(square, 4)  # a "worker" takes it: it cannot be cancelled now
+        published(ex, 1)
         b = ddmq.broker(root)
         msg = b.consume(ex.queue)
         assert taken.cancel() is False and not taken.done()
@@ -442,7 +453,7 @@ def test_tampered_task_is_refused_before_unpickling(tmp_path):
     marker = tmp_path / "unpickled"
     with DDMQExecutor(root, max_workers=0) as ex:
         future = ex.submit(square, 2)
-        (name,), _ = waiting_and_work(ex)
+        (name,) = published(ex, 1)
         path = os.path.join(ex.root, ex.queue, name)
         with open(path) as handle:
             data = json.load(handle)

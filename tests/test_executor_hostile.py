@@ -186,7 +186,7 @@ NO_REUSE_WORKER = r"""
 import sys
 from ddmq import reuse
 reuse.REUSE_FILESYSTEMS = frozenset()  # as on a network filesystem: every file is new
-from ddmq.executor.worker import main
+from ddmq.executor.worker_cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -80,6 +80,8 @@ with DDMQExecutor(root, max_workers=0, run=run) as ex:
         results = list(ex.map(runfns.work, range(n), chunksize=1))
     elif mode == "publish":  # publish, say so, and wait to be killed
         it = ex.map(runfns.big, range(n), chunksize=1)
+        while any(task.msg is None for task in ex._tasks.tasks()):  # submit returns before
+            time.sleep(0.01)                                         # its task is published
         print("published", flush=True)
         time.sleep(600)
     elif mode == "big":

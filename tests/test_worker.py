@@ -18,7 +18,7 @@ import pytest
 import ddmq
 from ddmq.executor import DDMQExecutor, WorkerLostError, list_workers
 from ddmq.executor.heartbeat import HOST, Heartbeat, prune_lost, record_path
-from test_executor import wait_for  # the gate of a task (workers import this module too)
+from test_executor import published, wait_for  # the gate of a task (workers import this module too)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -295,6 +295,7 @@ def test_a_batch_that_turns_out_slow_is_given_back_to_other_workers(tmp_path):
             os.kill(first.pid, signal.SIGSTOP)
             try:
                 slow = [ex.submit(slow_once, str(log), 0.3) for _ in range(6)]
+                published(ex, 6)  # all six wait before the worker wakes up
             finally:
                 os.kill(first.pid, signal.SIGCONT)
             b = ddmq.broker(root)

@@ -32,12 +32,16 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class Answer:
-    """A task that ran: its message, and the result envelope to send back."""
+    """A task that ran: its message, and the result envelope to send back
+    (None: nothing to send). ``last``: its message is acked once this is
+    sent (False for the tasks of a bundle before its last, see :mod:`.bundle`)."""
 
-    __slots__ = ("msg", "task", "reply", "result")
+    __slots__ = ("msg", "task", "reply", "result", "last")
 
-    def __init__(self, msg: Message, task: str, reply: str, result: dict[str, Any]):
+    def __init__(self, msg: Message, task: str, reply: str, result: dict[str, Any] | None,
+                 last: bool = True):
         self.msg, self.task, self.reply, self.result = msg, task, reply, result
+        self.last = last
 
 
 class Answers:
@@ -50,6 +54,9 @@ class Answers:
         self._lock = threading.Lock()
         self._unsent: list[Answer] = []  # tasks of the batch that ran, not answered yet
         self._room_given_up = -math.inf  # when when_room last waited in vain for space
+        # Bundles (see .bundle) a result of which could not be published: given
+        # back, not acked, when their last task is answered.
+        self._failed: set[str] = set()
 
     def add(self, answer: Answer) -> None:
         """Keep ``answer`` to be sent with the rest of its batch."""
@@ -87,14 +94,27 @@ class Answers:
             except DdmqError as err:
                 log.error("cannot publish results to %s: %s; giving %d task(s) back",
                           reply, err, len(group))
-                for answer in group:
-                    self._worker._nack(answer.msg, answer.task)
+                for answer in group:  # once per message (a bundle's tasks share one)
+                    if answer.last:
+                        self._worker._nack(answer.msg, answer.task)
+                    elif answer.msg.filename:  # given back when its last task is answered
+                        self._failed.add(answer.msg.filename)
             for answer in group:
-                self._worker._spills.discard(answer.result, answer.reply)
-        if not done:
+                if answer.result is not None:
+                    self._worker._spills.discard(answer.result, answer.reply)
+        names = []
+        for answer in done:
+            if not answer.last or not answer.msg.filename:
+                continue
+            if answer.msg.filename in self._failed:  # a result of its bundle was not sent
+                self._failed.discard(answer.msg.filename)
+                self._worker._nack(answer.msg, answer.task)
+            else:
+                names.append(answer.msg.filename)
+        if not names:
             return
         try:
-            self._worker.broker.ack(self._worker.queue, [a.msg.filename for a in done if a.msg.filename])
+            self._worker.broker.ack(self._worker.queue, names)
         except LeaseLostError as err:
             log.warning("lease already lost at ack (the task was requeued and may run again "
                         "elsewhere; the executor keeps the first result): %s", ", ".join(err.missing))
@@ -109,7 +129,9 @@ class Answers:
         the main thread tries again as space returns (:meth:`_when_room`); the
         keeper thread leaves them for later (False), unless the worker is
         stopping. Raises the broker's errors otherwise."""
-        body = [a.result for a in group]
+        body = [a.result for a in group if a.result is not None]
+        if not body:
+            return True
         try:
             self.when_room(lambda: self._worker.broker.publish(reply, body), f"publish results to {reply}",
                             [a.msg for a in group])

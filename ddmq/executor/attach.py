@@ -44,6 +44,7 @@ from ..broker import Broker
 from ..errors import DdmqError, LeaseLostError, MessageNotFoundError, QueueNotFoundError
 from ..layout import WORK, message_id
 from ..message import Message
+from .bundle import task_envelopes
 from .envelope import Result, check_keys, rebuild
 from .errors import SignatureError
 from .callkeys import Key, TaskKeys, call_keys, function_key
@@ -413,22 +414,28 @@ def _read_tasks(broker: Broker, queue: str, waiting: list[str], work: list[str],
                 continue
             except DdmqError:
                 continue
-            doc = msg.message
-            reply = doc.get("reply") if isinstance(doc, dict) else None
-            if not isinstance(reply, str) or reply not in replies \
-                    or not isinstance(doc.get("task"), str):
-                continue
-            try:
-                text = check_keys(secret, doc)
-                keys = None if text is None else TaskKeys.decode(text)
-            except (SignatureError, ValueError) as err:
-                log.warning("task %s in %s names calls of run queue %s it cannot prove: %s",
-                            doc.get("task"), queue, reply, err)
-                continue
-            if keys is not None:
-                msg.queue, msg.filename = queue, name
-                found.append(RunTask(doc["task"], reply, keys, running, msg))
+            msg.queue, msg.filename = queue, name
+            for doc in task_envelopes(msg.message):  # a bundle carries several (see .bundle)
+                _read_task(doc, msg, queue, secret, replies, running, found)
     return gone
+
+
+def _read_task(doc: Any, msg: Message, queue: str, secret: bytes, replies: Collection[str],
+               running: bool, found: list[RunTask]) -> None:
+    """Add the task of envelope ``doc`` (of message ``msg``) to ``found`` if
+    it is a task of ``replies`` whose call keys are signed with ``secret``."""
+    reply = doc.get("reply") if isinstance(doc, dict) else None
+    if not isinstance(reply, str) or reply not in replies or not isinstance(doc.get("task"), str):
+        return
+    try:
+        text = check_keys(secret, doc)
+        keys = None if text is None else TaskKeys.decode(text)
+    except (SignatureError, ValueError) as err:
+        log.warning("task %s in %s names calls of run queue %s it cannot prove: %s",
+                    doc.get("task"), queue, reply, err)
+        return
+    if keys is not None:
+        found.append(RunTask(doc["task"], reply, keys, running, msg))
 
 
 def discard_run(broker: Broker, secret: bytes | None, name: str) -> tuple[RunInfo, int]:

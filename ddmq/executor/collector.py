@@ -208,6 +208,9 @@ class Collector(threading.Thread):
             error.__cause__ = err
             self._tasks.settle(task, None, error)
             return
+        took = doc.get("took")  # the worker's word, unsigned: only a hint for the publisher
+        if isinstance(took, (int, float)):
+            executor._publisher.pace.record(task.pace, float(took), task.ncalls)
         errors = [(index, rebuild(exc, tb)) for index, exc, tb in result.failures]
         values = result.values
         if executor._run is not None:  # a named run keeps the outcomes (before the ack)
@@ -263,8 +266,9 @@ class Collector(threading.Thread):
         for name in dead:
             parsed = DeadName.parse(name)
             msg_id = message_id(parsed.waiting) if parsed is not None else None
-            task = self._tasks.of_message(msg_id) if msg_id else None
-            if parsed is not None and task is not None:
+            if parsed is None or not msg_id:
+                continue
+            for task in self._tasks.of_message(msg_id):  # a bundle's: several
                 self._tasks.settle(task, None, self._dead_error(task, parsed.reason, name))
 
     def _dead_error(self, task: TaskRecord, reason: str, name: str) -> DdmqError:

@@ -205,9 +205,8 @@ class DeathWatch:
         who = f"worker {record.host}:{record.pid}"
         for name in names:
             msg_id = message_id(name)
-            task = self._tasks.of_message(msg_id) if msg_id else None
-            if task is not None and counts:  # an uncounted requeue is not an attempt
-                task.deaths.append(f"{who} {cause}")
+            for task in self._tasks.of_message(msg_id) if msg_id and counts else ():
+                task.deaths.append(f"{who} {cause}")  # an uncounted requeue is not an attempt
         if names:
             log.warning("%s %s; the %d task(s) it held are requeued now%s", who, cause, len(names),
                         "" if counts else " (no retry used up)")

@@ -85,6 +85,7 @@ from .errors import BrokenDDMQExecutor, TaskRejectedError, WorkerLostError
 from .environment import EnvironmentCheck, versions
 from .pickling import callable_name
 from .pool import WORKER_STOP_TIMEOUT, LocalPool
+from .publisher import Publisher
 from .reaper import DriverUpkeep
 from .callkeys import TaskKeys
 from .options import check_options
@@ -242,6 +243,9 @@ class DDMQExecutor(Executor):
         if task_duration is not None:
             self._task_advice["duration"] = float(task_duration)
         self._collector: Collector | None = None
+        # Publishes the tasks, those of a burst together (see .publisher).
+        self._publisher = Publisher(self._token, self._broker, queue, self._tasks, dict(
+            priority=priority, timeout=self.lease, requeue=True, requeue_limit=retries))
         # Its record, beaten by the collector, tells others it is alive (see reaper).
         self._upkeep = DriverUpkeep(self._broker, self._spills, self.reply_queue, queue)
         try:
@@ -254,6 +258,7 @@ class DDMQExecutor(Executor):
                 self._spills.prune(self._broker.list_queues())
             except (OSError, DdmqError) as err:
                 log.debug("cannot prune old spill folders: %s", err)
+            self._publisher.start()
             self._pool.start(max_workers)
             if self._slurm is not None:
                 self._slurm.start()  # a SlurmError ends the executor here, and is raised
@@ -281,10 +286,13 @@ class DDMQExecutor(Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)`` on a worker; return its Future.
 
-        Raises RuntimeError after shutdown, BrokenDDMQExecutor when broken,
-        and the broker's errors if the task cannot be published. If ``fn`` or
-        an argument cannot be pickled, the returned future has already failed
-        with ``pickle.PicklingError``. In a run, a call whose outcome the run
+        Raises RuntimeError after shutdown, BrokenDDMQExecutor when broken.
+        If ``fn`` or an argument cannot be pickled, the returned future has
+        already failed with ``pickle.PicklingError``. The task is published
+        by the executor's publisher thread: at once, or, while it publishes
+        earlier tasks, together with the others submitted meanwhile in one
+        message (see :mod:`.publisher`); if that fails, the future fails with
+        the broker's error. In a run, a call whose outcome the run
         holds is not run: its future is already done (see ``run=``).
         """
         return self._submit_call(fn, args, kwargs, None)
@@ -323,20 +331,20 @@ class DDMQExecutor(Executor):
         task = TaskRecord(task_id, future, len(arglists), single, callable_name(fn),
                           self._spills.file_of(doc, self.reply_queue))
         task.keys = keys
+        code = getattr(fn, "__code__", None)  # two lambdas share a name, not a code object
+        task.pace = task.fn_name if code is None else f"{task.fn_name}@{id(code):x}"
         doc.update(self._task_advice, fn=task.fn_name, calls=len(arglists))
         with self._submit_lock:
-            # In the table before publishing, for the quickest reply to find
-            # it; whatever fails, forget() takes it out and releases its spill file.
+            # In the table before it is published, for the quickest reply to
+            # find it; if the executor closed meanwhile, forget() takes it out
+            # and releases its spill file.
             self._tasks.add(task)
             try:
                 self._check_open()
-                msg = self._broker.publish(self.queue, doc, priority=self.priority,
-                                           timeout=self.lease, requeue=True,
-                                           requeue_limit=self.retries)
             except BaseException:
                 self._tasks.forget(task)
                 raise
-            self._tasks.published(task, msg)
+            self._publisher.put(task, doc)
         return future
 
     def _check_open(self) -> None:
@@ -423,7 +431,7 @@ class DDMQExecutor(Executor):
 
     def _withdraw(self, task_id: str) -> bool:
         """Delete the message of a task no worker has claimed; True if done."""
-        return withdraw_task(self._broker, self.queue, self._tasks, task_id)
+        return withdraw_task(self._broker, self.queue, self._tasks, self._publisher, task_id)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; later ``submit`` raises RuntimeError.
@@ -487,6 +495,7 @@ class DDMQExecutor(Executor):
 
     def _cleanup(self) -> None:
         """Stop the local workers, delete the reply queue and the spill folder."""
+        self._publisher.stop()
         self._pool.stop(1.0 if self._abandon else WORKER_STOP_TIMEOUT)
         if self._slurm is not None:
             self._slurm.stop()  # scancel: the workers give back what they run

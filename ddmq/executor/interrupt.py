@@ -95,7 +95,8 @@ def stop_on_interrupt(executor: DDMQExecutor) -> None:
 def _withdraw(executor: DDMQExecutor, listing: bool) -> int:
     """Withdraw the waiting tasks of the executor and cancel their futures
     (see :mod:`.withdraw`); the number withdrawn."""
-    withdrawn = withdraw_all(executor._broker, executor.queue, executor._tasks, listing)
+    withdrawn = executor._publisher.take_pending() if not listing else []
+    withdrawn += withdraw_all(executor._broker, executor.queue, executor._tasks, listing)
     for task in withdrawn:
         _cancel(executor, task)
     return len(withdrawn)

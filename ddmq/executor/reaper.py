@@ -40,6 +40,7 @@ from .. import protocol
 from ..broker import Broker
 from ..errors import DdmqError, LeaseLostError, QueueNotFoundError, UnsafeFileError
 from ..message import Message
+from .bundle import task_envelopes
 from .drivers import DRIVERS_DIR, DriverRecord, death, is_executor_reply, record_path
 from .spill import SpillStore
 
@@ -212,7 +213,7 @@ class OrphanTasks:
     def drop_if_orphan(self, msg: Message) -> bool:
         """If the executor of task message ``msg`` is gone, ack it without
         running it and say so; True then."""
-        doc = msg.message
+        doc = task_envelopes(msg.message)[0]  # a bundle's tasks share their executor
         reply = doc.get("reply") if isinstance(doc, dict) else None
         if not isinstance(reply, str):
             return False

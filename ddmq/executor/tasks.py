@@ -1,8 +1,10 @@
 """The executor's record of its tasks: each task message and the future it resolves.
 
-A :class:`TaskRecord` is made by ``submit``/``map`` for each task message, is
-added to the executor's :class:`TaskTable` before the message is published
-(so that even the quickest reply finds it), and leaves the table exactly
+A :class:`TaskRecord` is made by ``submit``/``map`` for each task (one call,
+or a chunk of ``map``), is added to the executor's :class:`TaskTable` before
+its message is published (so that even the quickest reply finds it); tasks
+submitted in a burst share one message (:mod:`.publisher`), so a message id
+names one or more tasks. A record leaves the table exactly
 once: when the collector resolves its future, when it is cancelled, or when
 the executor breaks. Whoever takes it out (:meth:`TaskTable.forget`) settles
 its future; everyone else finds it gone and does nothing.
@@ -70,10 +72,11 @@ class TaskFuture(Future):
 
 
 class TaskRecord:
-    """One task message: the calls it carries and the future they resolve."""
+    """One task: the calls it carries, the future they resolve, and the
+    message it went out in (shared with the other tasks of a burst)."""
 
     __slots__ = ("id", "future", "ncalls", "single", "fn_name", "msg", "payload_file", "deaths",
-                 "keys")
+                 "keys", "pace")
 
     def __init__(self, task_id: str, future: TaskFuture, ncalls: int, single: bool, fn_name: str,
                  payload_file: str | None):
@@ -88,6 +91,7 @@ class TaskRecord:
         # ("worker HOST:PID was killed by SIGKILL ..."; see ddmq.executor.deaths).
         self.deaths: list[str] = []
         self.keys: TaskKeys | None = None  # in a named run: the keys of its calls (ddmq.executor.runs)
+        self.pace = fn_name  # the function, for its seconds per call (see ddmq.executor.publisher)
 
 
 class TaskTable:
@@ -98,7 +102,7 @@ class TaskTable:
         self._spills = spills
         self._lock = threading.Lock()
         self._by_id: dict[str, TaskRecord] = {}
-        self._by_msg_id: dict[str, str] = {}
+        self._by_msg_id: dict[str, list[str]] = {}  # message id -> its tasks' ids
         self.settled = 0  # tasks whose futures this table resolved (with a value or an error)
 
     def __len__(self) -> int:
@@ -109,22 +113,30 @@ class TaskTable:
             self._by_id[task.id] = task
 
     def published(self, task: TaskRecord, msg: Message) -> None:
-        """``task`` went out as ``msg``: it can be found by its message id (if still unresolved)."""
-        task.msg = msg
+        """``task`` went out as ``msg`` (first, or again after its message
+        was withdrawn): it can be found by its message id (if still unresolved)."""
         with self._lock:
+            old = task.msg
+            task.msg = msg
+            if old is not None and old.id and old.id != msg.id:
+                siblings = self._by_msg_id.get(old.id)
+                if siblings is not None and task.id in siblings:
+                    siblings.remove(task.id)
+                    if not siblings:
+                        del self._by_msg_id[old.id]
             if task.id in self._by_id and msg.id:
-                self._by_msg_id[msg.id] = task.id
+                self._by_msg_id.setdefault(msg.id, []).append(task.id)
 
     def get(self, task_id: Any) -> TaskRecord | None:
         """The unresolved task ``task_id`` (any value: it may come from a reply)."""
         with self._lock:
             return self._by_id.get(task_id) if isinstance(task_id, str) else None
 
-    def of_message(self, msg_id: str) -> TaskRecord | None:
-        """The unresolved task whose message has id ``msg_id``."""
+    def of_message(self, msg_id: str) -> list[TaskRecord]:
+        """The unresolved tasks whose message has id ``msg_id``."""
         with self._lock:
-            task_id = self._by_msg_id.get(msg_id)
-            return self._by_id.get(task_id) if task_id else None
+            return [self._by_id[task_id] for task_id in self._by_msg_id.get(msg_id, ())
+                    if task_id in self._by_id]
 
     def has_messages(self) -> bool:
         """True if a published task is unresolved."""
@@ -142,7 +154,12 @@ class TaskTable:
             if self._by_id.pop(task.id, None) is None:
                 return False
             if task.msg is not None and task.msg.id:
-                self._by_msg_id.pop(task.msg.id, None)
+                siblings = self._by_msg_id.get(task.msg.id)
+                if siblings is not None:
+                    if task.id in siblings:
+                        siblings.remove(task.id)
+                    if not siblings:
+                        del self._by_msg_id[task.msg.id]
         if task.payload_file is not None:
             self._spills.release(task.payload_file)
         return True

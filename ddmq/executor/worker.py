@@ -58,24 +58,20 @@ they can use signals and anything else a script's main thread can. Workers
 must be able to import what the tasks import: run them in the same
 environment (virtualenv, modules, ``PYTHONPATH``) as the code that submits.
 
-The command line (:func:`main`) is at the bottom of this module;
-``python -m ddmq.worker`` runs it.
+The command line, ``python -m ddmq.worker``, is :mod:`ddmq.executor.worker_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 import pickle
 import signal
-import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from .. import __version__
 from ..backoff import Backoff, wait_until
 from ..broker import Broker
 from ..errors import DdmqError, InvalidNameError, QueueNotFoundError
@@ -85,7 +81,8 @@ from ..message import Message
 from ..reuse import filesystem_type
 from ..watch import FolderWatcher
 from . import heartbeat as heartbeat_records
-from .envelope import Failure, Refusal, check_task, dump_result, echo_keys, failure, load_task
+from .envelope import (Failure, Refusal, Task, check_task, dump_result, echo_keys, failure,
+                       load_task)
 from .errors import PayloadMissingError, SignatureError
 from .environment import unpickling_note
 from .keeper import KEEPER_TICK, Keeper, RunningTask
@@ -94,8 +91,9 @@ from .secret import load_secret
 from .spill import SpillStore
 from .walltime_guard import Walltime, WorkerWalltime, job_end
 from .answers import Answer, Answers
+from .bundle import Bundle
 
-__all__ = ["Worker", "build_parser", "main"]
+__all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +119,12 @@ QUICK_TASK = 0.005
 #: (s) at the pace of the last one, the worker gives them back for other
 #: workers (a requeue each: worth it only for that much work).
 HOARD_SECONDS = 1.0
+
+
+def _reply_of(envelopes: list[Any]) -> str:
+    """The reply queue of a bundle's tasks (the first envelope's)."""
+    reply = envelopes[0].get("reply") if envelopes and isinstance(envelopes[0], dict) else None
+    return reply if isinstance(reply, str) else ""
 
 
 class _Stop(Exception):
@@ -174,6 +178,7 @@ class Worker:
         self._lock = threading.Lock()
         self._running: RunningTask | None = None
         self._queued: list[Message] = []
+        self._bundle: Bundle | None = None  # the message of the running task (see .bundle)
         self._answers = Answers(self)
         # Set by the signal handler, which takes no locks (it may interrupt
         # the thread that holds one); read by the main and keeper threads.
@@ -289,56 +294,132 @@ class Worker:
         return max(most, LOCAL_POLL_MAX) if self._sees_all else most
 
     def _run_batch(self, msgs: list[Message]) -> None:
-        """Run claimed task messages one after the other, then send their
-        results (one reply message per reply queue) and ack them.
+        """Run claimed task messages one after the other (each task of a
+        bundle, see :mod:`.bundle`), then send their results (one reply
+        message per reply queue) and ack them.
 
-        Messages not yet started are given back when the worker is asked to
+        Tasks not yet started are given back when the worker is asked to
         stop, when they turn out slow (so that other workers take them: a
         batch is claimed only after quick tasks, see MAX_BATCH and HOARD_SECONDS),
-        or when the batch has taken a third of a lease (only the running
-        task's lease is extended). The keeper sends the results gathered so
-        far when a task of the batch turns out slow, so they do not wait for it."""
+        when the batch has taken a third of a lease (only the running
+        task's lease is extended), or at ``max_tasks``: whole messages by a
+        nack, the rest of a bundle as a new message (:meth:`_hand_back`). The
+        keeper sends the results gathered so far when a task of the batch
+        turns out slow, so they do not wait for it."""
         started = time.monotonic()
         ran = 0
         self._last_run = 0.0
-        for index, msg in enumerate(msgs):
-            elapsed = time.monotonic() - started
-            if (index and (self._stopping or self._last_run * (len(msgs) - index) > HOARD_SECONDS
-                           or elapsed > self._lease_of(msg) / 3)
-                    or not self._walltime.admits(msg.message)):  # would outlast the Slurm job
-                with self._lock:
-                    self._queued = []
-                for rest in msgs[index:]:
-                    self._nack(rest, "(not started)")
-                break
-            with self._lock:  # the keeper gives these back too if the grace period ends
-                self._queued = msgs[index + 1:]
-            answer = self._run_task(msg)
-            ran += 1
-            if answer is not None:
-                self._answers.add(answer)
+        bundles = [Bundle(msg) for msg in msgs]
+        left = sum(len(bundle) for bundle in bundles)  # tasks not started
+        for index, bundle in enumerate(bundles):
+            checked = self._check_bundle(bundle)
+            if checked is None:  # refused, or its executor is gone
+                left -= len(bundle)
+                continue
+            while not bundle.done():
+                doc = bundle.envelopes[bundle.next]
+                elapsed = time.monotonic() - started
+                if ((ran or bundle.started)
+                        and (self._stopping or self._last_run * left > HOARD_SECONDS
+                             or elapsed > self._lease_of(bundle.msg) / 3
+                             or (self.max_tasks is not None
+                                 and self.tasks_done + ran >= self.max_tasks))
+                        or not self._walltime.admits(doc)):  # would outlast the Slurm job
+                    with self._lock:
+                        self._queued = []
+                        self._bundle = None
+                    self._give_back(bundle, "(not started)")
+                    for rest in bundles[index + 1:]:
+                        self._nack(rest.msg, "(not started)")
+                    self._finish_batch(started, ran, index + 1)
+                    return
+                with self._lock:  # the keeper gives these back too if the grace period ends
+                    self._queued = [rest.msg for rest in bundles[index + 1:]]
+                    self._bundle = bundle
+                    bundle.take()
+                left -= 1
+                answer = self._run_task(bundle.msg, doc, checked[bundle.next - 1],
+                                        last=bundle.done())
+                ran += 1
+                if answer is not None:
+                    self._answers.add(answer)
+                    if answer.result is not None and "file" in answer.result:
+                        # A large result: its executor may read it while the
+                        # next task runs (one more reply file costs little beside it).
+                        self._answers.send_unsent()
+        with self._lock:
+            self._bundle = None
+        self._finish_batch(started, ran, len(bundles))
+
+    def _finish_batch(self, started: float, ran: int, messages: int) -> None:
         self._answers.send_unsent()
         self.tasks_done += ran
-        average = (time.monotonic() - started) / max(1, ran)
+        # Per message, not per task: a bundle of quick tasks is one slow message.
+        average = (time.monotonic() - started) / max(1, messages)
         self._batch = min(MAX_BATCH, self._batch * 2) if average < QUICK_TASK else 1
+
+    def _check_bundle(self, bundle: Bundle) -> list[Task | PayloadMissingError] | None:
+        """The checked tasks of ``bundle`` (a PayloadMissingError for a task
+        whose spill file is gone); None if the message is dealt with already:
+        its executor is gone (acked, see :mod:`.reaper`), or a task of it
+        failed verification (the message is dead-lettered and each task
+        refused, none run: whoever wrote it is not to be trusted)."""
+        if self._orphans.drop_if_orphan(bundle.msg):
+            return None
+        checked: list[Task | PayloadMissingError] = []
+        for doc in bundle.envelopes:
+            try:
+                if len(bundle) > 1 and isinstance(doc, dict) and "file" in doc:
+                    raise SignatureError("a task of a bundle has its payload in a file "
+                                         "(bundles carry theirs inline)")
+                checked.append(check_task(self.secret, doc, self.root))
+            except SignatureError as err:
+                self._refuse(bundle.msg, bundle.envelopes, err)
+                return None
+            except PayloadMissingError as err:
+                checked.append(err)
+        return checked
+
+    def _give_back(self, bundle: Bundle, why: str) -> None:
+        """Give back the tasks of ``bundle`` not started: the message (a
+        nack) if none ran, else the rest of the bundle as a new message."""
+        if bundle.started:
+            self._hand_back(bundle, bundle.next)
+        else:
+            self._nack(bundle.msg, why)
+
+    def _hand_back(self, bundle: Bundle, start: int) -> None:
+        """Publish the tasks of ``bundle`` from ``start`` on as a new message
+        under its id, then have the bundle acked with the answers of those
+        that ran (see :mod:`.bundle`). If that message cannot be published,
+        the whole bundle is given back (those that ran may run again)."""
+        msg = bundle.msg
+        rest = bundle.rest(start)
+        bundle.next = len(bundle)
+        if rest:
+            try:
+                self.broker.publish(self.queue, rest[0] if len(rest) == 1 else rest,
+                                    priority=msg.priority, timeout=msg.timeout,
+                                    requeue=msg.requeue, requeue_limit=msg.requeue_limit,
+                                    requeue_prio=msg.requeue_prio, msg_id=msg.id)
+            except DdmqError as err:
+                log.warning("cannot give back %d task(s) of message %s: %s; giving the whole "
+                            "message back", len(rest), msg.id, err)
+                self._nack(msg, "(not started)")
+                return
+        self._answers.add(Answer(msg, "(handed back)", _reply_of(bundle.envelopes), None))
 
     def _lease_of(self, msg: Message) -> float:
         return float(msg.timeout or self.broker.get_settings(self.queue)["message_timeout"])
 
-    def _run_task(self, msg: Message) -> Answer | None:
-        """Verify and run one task message; its answer, or None if it was
-        refused or dropped (then it is already dealt with)."""
-        doc = msg.message
-        if self._orphans.drop_if_orphan(msg):  # its executor is gone: acked, not run (see reaper)
-            return None
-        try:
-            task = check_task(self.secret, doc, self.root)
-        except SignatureError as err:
-            self._refuse(msg, doc, err)
-            return None
-        except PayloadMissingError as err:
-            self._drop(msg, doc, err)
-            return None
+    def _run_task(self, msg: Message, doc: Any, task: Task | PayloadMissingError,
+                  last: bool = True) -> Answer | None:
+        """Run one verified task of message ``msg`` (envelope ``doc``); its
+        answer (``last``: the message is acked once it is sent), or None if
+        it was dropped (then it is already dealt with)."""
+        if isinstance(task, PayloadMissingError):
+            self._drop(msg, doc, task)
+            return Answer(msg, str(doc.get("task")), str(doc.get("reply")), None, last)
         running = RunningTask(msg, task.id, self._lease_of(msg))
         with self._lock:
             self._running = running
@@ -368,11 +449,12 @@ class Worker:
                                          f"cannot be sent back: {type(err).__name__}: {err}")
             result = dump_result(self.secret, task.id, task.reply, self.name, None,
                                  [(None, error, None)])
-        echo_keys(msg.message, result)  # a named run's call keys, for whichever driver reads it
+        echo_keys(doc, result)  # a named run's call keys, for whichever driver reads it
+        result["took"] = round(self._last_run, 6)  # a hint for the executor's publisher, unsigned
         if running.lease_lost:
             log.warning("task %s ran past a lost lease (another worker may run it again); "
                         "sending its result anyway: the executor keeps the first one", task.id)
-        return Answer(msg, task.id, task.reply, result)
+        return Answer(msg, task.id, task.reply, result, last)
 
     def _call(self, task: str, payload: bytes) -> tuple[list[Any] | None, list[Failure]]:
         """Unpickle and call the calls of a verified task: (values, failures),
@@ -397,39 +479,37 @@ class Worker:
                 failures.append(failure(index, err, f"in task {task} on worker {self.name}"))
         return values, failures
 
-    def _refuse(self, msg: Message, doc: Any, err: SignatureError) -> None:
-        """Dead-letter a task that failed verification and tell its executor."""
-        task = doc.get("task") if isinstance(doc, dict) else None
-        if not isinstance(task, str):
-            task = "?"
+    def _refuse(self, msg: Message, docs: list[Any], err: SignatureError) -> None:
+        """Dead-letter a task message that failed verification and tell the
+        executor of each task it names (``docs``: its envelopes)."""
+        tasks = [doc.get("task") if isinstance(doc, dict) else None for doc in docs]
+        named = ", ".join(task if isinstance(task, str) else "?" for task in tasks)
         log.error("refused task %s (message %s): %s; dead-lettering it without unpickling it",
-                  task, msg.id, err)
+                  named, msg.id, err)
         try:
             dead = self.broker.reject(msg)
             where = f"{self.queue}/{DEAD}/{dead}"
         except DdmqError as reject_err:
             log.warning("cannot dead-letter message %s: %s", msg.id, reject_err)
             where = "(not dead-lettered)"
-        reply = doc.get("reply") if isinstance(doc, dict) else None
-        if task == "?" or not isinstance(reply, str):
-            return
-        try:
-            check_queue_name(reply)
-            self.broker.publish(reply, [Refusal(task, self.name, f"{err}; message {where}")
-                                        .to_doc(self.secret, reply)])
-        except (InvalidNameError, QueueNotFoundError):
-            pass
-        except DdmqError as pub_err:
-            log.warning("cannot tell %s that task %s was refused: %s", reply, task, pub_err)
+        for task, doc in zip(tasks, docs):
+            reply = doc.get("reply") if isinstance(doc, dict) else None
+            if not isinstance(task, str) or not isinstance(reply, str):
+                continue
+            try:
+                check_queue_name(reply)
+                self.broker.publish(reply, [Refusal(task, self.name, f"{err}; message {where}")
+                                            .to_doc(self.secret, reply)])
+            except (InvalidNameError, QueueNotFoundError):
+                pass
+            except DdmqError as pub_err:
+                log.warning("cannot tell %s that task %s was refused: %s", reply, task, pub_err)
 
     def _drop(self, msg: Message, doc: dict[str, Any], err: PayloadMissingError) -> None:
         """A task whose payload file is gone is over (its executor has the
-        result, or is gone): ack it, and tell the executor in case it waits."""
+        result, or is gone): tell the executor in case it waits (its message
+        is acked with the batch's answers)."""
         log.warning("dropping task %s: %s", doc.get("task"), err)
-        try:
-            self.broker.ack(msg)
-        except DdmqError:
-            pass
         try:
             self.broker.publish(doc["reply"], [Refusal(doc["task"], self.name, str(err))
                                                .to_doc(self.secret, doc["reply"])])
@@ -472,7 +552,12 @@ class Worker:
         so the process ends here)."""
         log.warning("%s: giving task %s back to the queue and exiting",
                     self._stop_reason, running.task)
-        if not running.lease_lost:
+        bundle = self._bundle
+        if running.lease_lost:
+            pass
+        elif bundle is not None and bundle.msg is running.msg and bundle.next > 1:
+            self._hand_back(bundle, bundle.next - 1)  # the running task and those after it
+        else:
             self._nack(running.msg, running.task)
         self._answers.send_unsent()
         for msg in self._queued:
@@ -484,95 +569,3 @@ class Worker:
             except Exception:  # noqa: BLE001 (exiting anyway)
                 pass
         os._exit(0)
-
-
-# --- command line ---------------------------------------------------------------------
-
-def _above_zero(kind: Callable[[str], float]) -> Callable[[str], float]:
-    """An argparse ``type``: the option's text as ``kind`` (int or float), which must be more than 0."""
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
-        return value
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ddmq.worker",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run the tasks of DDMQExecutor that are published to a ddmq root.\n\n"
-                    "Start one worker per core on every machine that shares the root's\n"
-                    "filesystem, in the same Python environment as the code that submits\n"
-                    "the tasks (workers must be able to import what the tasks import).",
-        epilog="signals:\n"
-               "  SIGTERM/SIGINT  stop taking tasks; the running task may finish within\n"
-               "                  --grace seconds, else it goes back to the queue for another\n"
-               "                  worker (a second signal: at once). The exit status is 0.\n"
-               "  SIGUSR1         drain (a Slurm job's time limit is near): take no new task;\n"
-               "                  the running one finishes if it fits before the job's end\n"
-               "                  minus --idle-margin, else it goes back to the queue.\n\n"
-               "examples:\n"
-               "  python -m ddmq.worker ~/ddmq-root                  # serve queue 'tasks' until stopped\n"
-               "  python -m ddmq.worker ~/ddmq-root --idle-timeout 600 -v\n"
-               "  srun python -m ddmq.worker $ROOT --grace 60        # one per Slurm task\n\n"
-               "The worker creates the root (mode 0700), the queue and the root's secret\n"
-               "if they are missing, and keeps a heartbeat record in ROOT/.workers/.")
-    parser.add_argument("root", metavar="ROOT", help="the ddmq root folder (shared by executor and workers)")
-    parser.add_argument("--queue", "-q", default="tasks",
-                        help="task queue to serve (default: %(default)s; must match the executor's queue=)")
-    parser.add_argument("--max-tasks", type=_above_zero(int), metavar="N",
-                        help="exit (status 0) after N task messages; a chunk of map() counts as one")
-    parser.add_argument("--idle-timeout", type=_above_zero(float), metavar="S",
-                        help="exit (status 0) after S seconds without a task (default: never)")
-    parser.add_argument("--heartbeat", type=_above_zero(float),
-                        default=heartbeat_records.DEFAULT_INTERVAL, metavar="S",
-                        help="seconds between heartbeats; a worker silent for 3 of them is lost, "
-                             "and the tasks it held are run again (default: %(default)s)")
-    parser.add_argument("--grace", type=float, default=30.0, metavar="S",
-                        help="seconds a running task may go on after SIGTERM/SIGINT before it is "
-                             "given back to the queue (default: %(default)s)")
-    parser.add_argument("--drain-margin", type=float, metavar="S",
-                        help="in a Slurm job: stop taking tasks S seconds before the job's time "
-                             "limit (default: 120, at most a quarter of the time left at start, "
-                             "at least 10); tasks are taken before that only if they fit")
-    parser.add_argument("--idle-margin", type=float, metavar="S",
-                        help="in a Slurm job: give back the running task and exit S seconds "
-                             "before the job's time limit (default: 10, at most half the drain "
-                             "margin)")
-    parser.add_argument("--parent", type=int, metavar="PID",
-                        help="stop as on SIGTERM when process PID, which started this worker, is "
-                             "gone (DDMQExecutor passes this for the workers it starts)")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log more: -v for each start and stop, -vv for every task")
-    parser.add_argument("--version", action="version", version=f"ddmq {__version__}")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m ddmq.worker``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format=f"%(asctime)s ddmq.worker[{HOST}:{os.getpid()}] %(levelname)s: %(message)s")
-    if args.grace < 0:
-        log.error("--grace must be 0 or more")
-        return 2
-    for option, value in (("--drain-margin", args.drain_margin), ("--idle-margin", args.idle_margin)):
-        if value is not None and not 0 <= value < math.inf:
-            log.error("%s must be 0 or more seconds", option)
-            return 2
-    try:
-        worker = Worker(args.root, args.queue, max_tasks=args.max_tasks,
-                        idle_timeout=args.idle_timeout, heartbeat=args.heartbeat,
-                        grace=args.grace, parent=args.parent, drain_margin=args.drain_margin,
-                        idle_margin=args.idle_margin)
-    except (DdmqError, OSError) as err:
-        log.error("cannot start a worker on %s: %s", args.root, err)
-        return 1
-    return worker.run()
