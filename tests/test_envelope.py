@@ -20,6 +20,7 @@ from ddmq.executor.envelope import (INLINE_MAX, VERSION, Calls, Result, Refusal,
                                     load_task, rebuild, reply_envelopes, sign)
 from ddmq.executor.errors import PayloadMissingError, RemoteTraceback, SignatureError
 from ddmq.executor.spill import SpillStore
+from ddmq.layout import SPARE_PREFIX
 
 SECRET = bytes(range(32))
 OTHER = bytes(range(1, 33))
@@ -223,3 +224,67 @@ def test_a_payload_file_that_is_a_link_is_refused(tmp_path, canary):
     with pytest.raises(SignatureError, match="link"):
         check_task(SECRET, doc, tmp_path)
     assert not os.path.exists(canary)
+
+
+@pytest.mark.parametrize("version", [VERSION - 1, VERSION + 1, str(VERSION), None])
+def test_another_envelope_version_is_refused_naming_both_versions(tmp_path, canary, version):
+    task = dump_task(SECRET, "t.1", REPLY, print, [(Canary(canary),)])
+    result = dump_result(SECRET, "t.1", REPLY, "host:1", [Canary(canary)], [])
+    for doc in (task, result):
+        doc["v"] = version
+    with pytest.raises(SignatureError, match=rf"task envelope version {version!r} \(this ddmq "
+                                             rf"reads version {VERSION}\b"):
+        check_task(SECRET, task, tmp_path)
+    with pytest.raises(SignatureError, match=rf"result envelope version {version!r} .*"
+                                             rf"version {VERSION}\b"):
+        load_result(SECRET, REPLY, result)
+    assert not os.path.exists(canary)
+
+
+def _spilled_result(store, canary, task="t.1", secret=SECRET):
+    """A result envelope whose payload (a Canary, 2 * INLINE_MAX bytes) is in a
+    spill file, and that file's path."""
+    doc = dump_result(secret, task, REPLY, "host:1", [(Canary(canary), os.urandom(2 * INLINE_MAX))],
+                      [], store)
+    return doc, os.path.join(store.folder(REPLY), doc["file"])
+
+
+def test_a_spill_file_cut_short_or_grown_is_refused_before_unpickling(tmp_path, canary):
+    store = SpillStore(tmp_path)
+    store.create(REPLY)
+    doc, path = _spilled_result(store, canary)
+    os.truncate(path, os.path.getsize(path) - 1)
+    with pytest.raises(SignatureError, match="does not match"):
+        load_result(SECRET, REPLY, doc, store)
+    doc, path = _spilled_result(store, canary, "t.2")
+    with open(path, "ab") as handle:
+        handle.write(b".")  # pickle.loads would ignore what follows the STOP opcode
+    with pytest.raises(SignatureError, match="does not match"):
+        load_result(SECRET, REPLY, doc, store)
+    doc, path = _spilled_result(store, canary, "t.3")
+    os.truncate(path, 0)
+    with pytest.raises(SignatureError, match="does not match"):
+        load_result(SECRET, REPLY, doc, store)
+    assert not os.path.exists(canary)
+    doc, path = _spilled_result(store, canary, "t.4")
+    values = load_result(SECRET, REPLY, doc, store).values  # untouched: accepted
+    assert os.path.exists(canary) and len(values[0][1]) == 2 * INLINE_MAX
+    assert not os.path.exists(path)  # released once read
+
+
+def test_spill_files_swapped_between_results_or_signed_with_another_secret_are_refused(
+        tmp_path, canary):
+    store = SpillStore(tmp_path)
+    store.create(REPLY)
+    first, _ = _spilled_result(store, canary, "t.1")
+    second, _ = _spilled_result(store, canary, "t.2")
+    first["file"], second["file"] = second["file"], first["file"]  # each signed for its own task
+    for doc in (first, second):
+        with pytest.raises(SignatureError, match="does not match"):
+            load_result(SECRET, REPLY, doc, store)
+    forged, path = _spilled_result(store, canary, "t.3", secret=OTHER)
+    with pytest.raises(SignatureError, match="does not match"):
+        load_result(SECRET, REPLY, forged, store)
+    assert not os.path.exists(canary)
+    left = os.listdir(store.folder(REPLY))
+    assert all(name.startswith(SPARE_PREFIX) for name in left)  # each released once read

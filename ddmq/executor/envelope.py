@@ -279,7 +279,8 @@ def _open_envelope(secret: bytes, kind: str, doc: Any, reply: str | None,
     if not isinstance(doc, dict):
         raise SignatureError(f"a {kind} envelope is a JSON object, not {type(doc).__name__}")
     if doc.get("v") != VERSION:
-        raise SignatureError(f"unknown {kind} envelope version {doc.get('v')!r}")
+        raise SignatureError(f"unknown {kind} envelope version {doc.get('v')!r} (this ddmq "
+                             f"reads version {VERSION}: upgrade workers and executors together)")
     task = doc.get("task")
     if reply is None:
         reply = doc.get("reply")
