@@ -46,9 +46,12 @@ class Backoff:
 
 
 def wait_until(attempt: Callable[[], T], timeout: float | None, *, first: float = 0.001,
-               most: Ceiling = 1.0, sleep: Callable[[float], Any] = time.sleep) -> T:
+               most: Ceiling = 1.0, sleep: Callable[[float], Any] = time.sleep,
+               looked: T | None = None) -> T:
     """Call ``attempt()`` until it returns something true, or until
     ``timeout`` seconds (None: for ever) have passed; return its last result.
+    ``looked``: the caller's own first attempt just returned this (false)
+    result: start with a pause.
 
     Between attempts, ``sleep(pause)`` is called with pauses from a
     :class:`Backoff` (``first``, ``most``), never past the deadline. ``sleep``
@@ -58,10 +61,8 @@ def wait_until(attempt: Callable[[], T], timeout: float | None, *, first: float 
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     pauses = Backoff(first, most)
-    while True:
-        result = attempt()
-        if result:
-            return result
+    result = attempt() if looked is None else looked
+    while not result:
         pause = pauses.next()
         if deadline is not None:
             left = deadline - time.monotonic()
@@ -69,3 +70,5 @@ def wait_until(attempt: Callable[[], T], timeout: float | None, *, first: float 
                 return result
             pause = min(pause, left)
         sleep(pause)
+        result = attempt()
+    return result

@@ -71,7 +71,7 @@ class Broker:
         self.root = self._root.path
         self.create = self._root.create
         self.clock = self._root.clock
-        self._listings = Listings(self._root.clock)
+        self._listings = Listings(self._root.clock, self._root.watcher if self._root.local else None)
         self._delivery = Delivery(self._root, self._listings)
         self._claimer = Claimer(self._root, self._listings, self._delivery)
         self._housekeeper = Housekeeper(self._root, self._delivery)
@@ -175,14 +175,14 @@ class Broker:
     @overload
     def consume(self, queue: str, n: Literal[1] = 1,  # type: ignore[overload-overlap]
                 path: str | None = None, wait: float | None = 0.0,
-                clean: bool = True) -> Message | None: ...
+                clean: bool = True, *, auto_ack: bool = False) -> Message | None: ...
 
     @overload
-    def consume(self, queue: str, n: int, path: str | None = None,
-                wait: float | None = 0.0, clean: bool = True) -> list[Message]: ...
+    def consume(self, queue: str, n: int, path: str | None = None, wait: float | None = 0.0,
+                clean: bool = True, *, auto_ack: bool = False) -> list[Message]: ...
 
-    def consume(self, queue: str, n: int = 1, path: str | None = None,
-                wait: float | None = 0.0, clean: bool = True) -> Message | list[Message] | None:
+    def consume(self, queue: str, n: int = 1, path: str | None = None, wait: float | None = 0.0,
+                clean: bool = True, *, auto_ack: bool = False) -> Message | list[Message] | None:
         """Claim up to ``n`` messages of ``queue``, best priority first.
 
         Returns a Message or None when ``n`` is 1, else a list (maybe empty).
@@ -190,9 +190,10 @@ class Broker:
         its lease (``timeout``, else the queue's ``message_timeout``) expires.
         ``wait``: seconds to block until at least one message is available
         (None or infinity: for ever; 0: return at once). ``path``: claim that
-        message file. Raises ValueError for an ``n`` that is not a whole
-        number >= 1 or a ``wait`` that is negative or NaN (before anything
-        is claimed); QueueNotFoundError, FilesystemError.
+        message file. ``auto_ack``: taken out of the queue as read, no lease, nothing to
+        ack (``filename`` None); still each to one consumer, but lost if it dies (at-most-once).
+        Raises ValueError for an ``n`` that is not a whole number >= 1 or a ``wait``
+        that is negative or NaN (before anything is claimed); QueueNotFoundError, FilesystemError.
         """
         if type(n) is not int or n < 1:
             raise ValueError(f"n must be a whole number >= 1, not {n!r}")
@@ -202,15 +203,26 @@ class Broker:
         if clean:
             self._housekeeper.maybe_clean(queue)
         if path is not None:
-            got = self._claimer.claim_path(queue, folder, path)
+            got = self._claimer.claim_path(queue, folder, path, auto_ack)
         else:
-            got = self._claimer.claim(queue, folder, n)
+            if wait != 0:
+                self._root.watcher.arm(folder)  # before the first look: no change missed
+            got = self._claimer.claim(queue, folder, n, auto_ack)
             if not got and wait != 0:
                 housekeeping = (lambda: self._housekeeper.maybe_clean(queue)) if clean else None
-                got = self._claimer.wait_and_claim(queue, folder, n, wait, housekeeping)
+                got = self._claimer.wait_and_claim(queue, folder, n, wait, housekeeping, auto_ack)
         if n == 1:
             return got[0] if got else None
         return got
+
+    def watch(self, queue: str) -> bool:
+        """Watch ``queue`` (inotify): a message arriving later ends :meth:`wait_for_messages`
+        at once. Call before a look that may find it empty. False: waits only sleep."""
+        return self._root.watcher.watches(self._root.queue_dir(queue))
+
+    def wait_for_messages(self, queue: str, timeout: float) -> bool:
+        """Block until a file appears in ``queue`` (True: a hint) or ``timeout`` s pass."""
+        return self._root.watcher.wait(self._root.queue_dir(queue), timeout)
 
     # --- ack, nack, lease -----------------------------------------------------------
 

@@ -15,6 +15,13 @@ is dropped as a lost lease.
 
 :meth:`Claimer.wait_and_claim` waits with :func:`ddmq.backoff.wait_until`,
 woken early by inotify where the folder is local (:mod:`ddmq.watch`).
+
+With ``auto_ack`` a message is not claimed but received: read where it
+waits, then taken out of the queue by :func:`ddmq.protocol.receive`, whose
+rename decides which reader gets it; no lease, no ack (one rename instead
+of two). A file that cannot be read as a message that way (not a regular
+file, unparseable, another id than its name says) is claimed instead, and
+dealt with as above.
 """
 
 from __future__ import annotations
@@ -53,8 +60,9 @@ class Claimer:
         self.delivery = delivery
         self._lease_guess: dict[str, float] = {}  # queue -> lease of the last message claimed
 
-    def claim(self, queue: str, folder: str, n: int) -> list[Message]:
-        """Claim up to ``n`` waiting messages, best first; [] if none."""
+    def claim(self, queue: str, folder: str, n: int, auto_ack: bool = False) -> list[Message]:
+        """Claim (with ``auto_ack``: receive) up to ``n`` waiting messages,
+        best first; [] if none."""
         settings = self.root.effective(queue)
         got: list[Message] = []
         order: list[tuple[int, int]] = []  # (priority, publish time) of each message got
@@ -71,7 +79,10 @@ class Claimer:
             if name is None:
                 break
             try:
-                msg = self._claim_one(queue, folder, name, settings)
+                if auto_ack:
+                    msg = self._receive_one(queue, folder, name, settings)
+                else:
+                    msg = self._claim_one(queue, folder, name, settings)
             except FilesystemError as err:
                 if not got:
                     raise
@@ -92,33 +103,38 @@ class Claimer:
             got = [msg for _, msg in sorted(zip(order, got), key=lambda pair: pair[0])]
         return got
 
-    def claim_path(self, queue: str, folder: str, path: str) -> list[Message]:
-        """Claim the waiting message file ``path`` (a name in ``queue``'s folder)."""
+    def claim_path(self, queue: str, folder: str, path: str, auto_ack: bool = False) -> list[Message]:
+        """Claim (or receive) the waiting message file ``path`` (a name in ``queue``'s folder)."""
         name = os.path.basename(os.fspath(path))
         parent = os.path.dirname(os.path.abspath(os.path.join(folder, os.fspath(path))))
         if WaitingName.parse(name) is None or os.path.realpath(parent) != os.path.realpath(folder):
             raise InvalidNameError(f"{path!r} is not a waiting message of queue {queue!r}")
         if not protocol.is_folder(folder, self.root.retry_timeout()):
             raise self.root.missing(queue)
-        msg = self._claim_one(queue, folder, name, self.root.effective(queue))
+        settings = self.root.effective(queue)
+        msg = (self._receive_one if auto_ack else self._claim_one)(queue, folder, name, settings)
         return [msg] if msg is not None else []
 
     def wait_and_claim(self, queue: str, folder: str, n: int, wait: float | None,
-                       housekeeping: Callable[[], None] | None) -> list[Message]:
+                       housekeeping: Callable[[], None] | None,
+                       auto_ack: bool = False) -> list[Message]:
         """:meth:`claim` until something is claimed or ``wait`` seconds
         (None: for ever) passed, pausing with back-off up to the queue's
-        ``poll_max`` and running ``housekeeping`` between looks."""
+        ``poll_max`` and running ``housekeeping`` between looks. The caller
+        armed the folder's watch, then looked once and found nothing: this
+        starts with a pause."""
         watcher = self.root.watcher
 
         def attempt() -> list[Message]:
-            watcher.arm(folder)
-            got = self.claim(queue, folder, n)
+            got = self.claim(queue, folder, n, auto_ack)
             if not got and housekeeping is not None:
                 housekeeping()
             return got
 
+        if housekeeping is not None:
+            housekeeping()
         return wait_until(attempt, wait, most=lambda: float(self.root.effective(queue)["poll_max"]),
-                          sleep=lambda pause: watcher.wait(folder, pause))
+                          sleep=lambda pause: watcher.wait(folder, pause), looked=[])
 
     def _claim_one(self, queue: str, folder: str, name: str, settings: dict[str, Any]) -> Message | None:
         """Claim the waiting file ``name``, read it, and give it its lease."""
@@ -143,6 +159,32 @@ class Claimer:
             if not protocol.extend(folder, work_name, new_name, retry):
                 return None
             msg.filename, msg.expiry = new_name, expiry
+        return msg
+
+    def _receive_one(self, queue: str, folder: str, name: str,
+                     settings: dict[str, Any]) -> Message | None:
+        """Receive the waiting file ``name`` (read it, then take it out of the
+        queue: :func:`ddmq.protocol.receive`); None if another process took it."""
+        retry = settings["retry_timeout"]
+        try:
+            data = reading.read(f"{folder}{os.sep}{name}", retry, settings["max_message_bytes"])
+            if data is None:
+                return None  # taken by another process
+            msg: Message | None = Message.from_json(data)
+        except (InvalidMessageError, UnsafeFileError):
+            msg = None
+        if msg is None or not holds(msg, name.rpartition(".ddmq")[2]):
+            # Claimed and read again (a slow writer of ddmq 0.9), or dead-lettered.
+            msg = self._claim_one(queue, folder, name, settings)
+            if msg is not None:
+                protocol.retire(folder, msg.filename or "", retry)
+                msg.filename = msg.expiry = None
+            return msg
+        spares = self.root.spares
+        if not protocol.receive(folder, name, retry, None if spares is None else spares.retire):
+            return None
+        msg.queue = queue  # the file's own "queue" field is not to be trusted
+        msg.filename = None  # received: nothing to ack
         return msg
 
     def _read_claimed(self, queue: str, folder: str, work: WorkName, work_name: str,

@@ -24,6 +24,19 @@ Two things keep consuming cheap when queues are deep:
 An empty queue whose folder has not changed is not listed again: one
 ``stat`` of the folder tells (:func:`quiet_signature`), which spares the
 file server while consumers wait.
+
+On a local filesystem a folder that a consumer waits on is watched with
+inotify (:class:`ddmq.watch.FolderWatcher`), which names every file that
+appears in it. A listing taken while the watch was on is then *complete*
+with the names the watch reports later: those are added to the cached list
+(:meth:`Listings.next_candidate`), and the folder is not listed again
+while the list and the watch account for it, up to IDLE_RELIST_SECONDS
+after the last listing. A message published into a waiting queue is thus
+claimed without a listing, and a consumer that lost the race for it goes
+back to waiting without one. Names that leave the folder are not reported:
+a cached name may be gone, which a claim finds (a lost race). The list
+stops being complete when a lost race drops untried names from it (see
+above) or the watch missed events; the next look lists.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from typing import Any
 from . import protocol
 from .clock import ServerClock
 from .layout import WaitingName, queue_time_ns
+from .watch import FolderWatcher
 
 #: After this many lost races in a row, the cached listing is stale: list again.
 RELIST_AFTER_LOST = 32
@@ -64,19 +78,35 @@ def quiet_signature(folder: str, clock: ServerClock, retry: float) -> tuple[int,
 class _Candidates:
     """One queue's cached, sorted listing, best message last (popped first)."""
 
-    __slots__ = ("entries", "listed_at", "relist_after", "streak", "lost_in_row", "empty_signature",
-                 "last_index")
+    __slots__ = ("entries", "listed_at", "synced_at", "relist_after", "streak", "lost_in_row",
+                 "empty_signature", "last_index", "complete", "sync")
 
     def __init__(self) -> None:
         # (-priority, -publish time in ns, name): see layout.queue_time_ns
         self.entries: list[tuple[int, int, str]] = []
         self.listed_at = -1e18
+        self.synced_at = -1e18  # last listing, or last time the watch's news were added
         self.relist_after = 0.5
         self.streak = 0.0
         self.lost_in_row = 0
         # the folder's signature after a listing found it empty (see quiet_signature)
         self.empty_signature: tuple[int, int] | None = None
         self.last_index = 0  # where the last pick was (see Listings.outcome)
+        # entries and the folder watch's news account for every waiting file
+        self.complete = False
+        self.sync = threading.Lock()  # one listing or adding of news at a time
+
+    def add(self, names: list[str]) -> None:
+        """Add waiting names (the watch's news) not in the list yet."""
+        entries = self.entries
+        for name in names:
+            parsed = WaitingName.parse(name)
+            if parsed is None:
+                continue
+            key = (-parsed.priority, -queue_time_ns(parsed.queue_number), name)
+            at = bisect.bisect_left(entries, key)
+            if at == len(entries) or entries[at] != key:
+                entries.insert(at, key)
 
     def pick(self) -> str | None:
         """Take the next name to try, or None when the listing is used up."""
@@ -96,10 +126,14 @@ class _Candidates:
 
 
 class Listings:
-    """The cached listings of the queues one broker consumes. Thread-safe."""
+    """The cached listings of the queues one broker consumes. Thread-safe.
 
-    def __init__(self, clock: ServerClock):
+    ``watcher``: the broker's folder watches, where they see every change of
+    a folder (a local filesystem); None elsewhere."""
+
+    def __init__(self, clock: ServerClock, watcher: FolderWatcher | None = None):
         self._clock = clock
+        self._watcher = watcher
         self._lock = threading.Lock()
         self._queues: dict[str, _Candidates] = {}
 
@@ -110,17 +144,38 @@ class Listings:
         Raises FileNotFoundError if the queue folder is missing."""
         with self._lock:
             cands = self._queues.setdefault(queue, _Candidates())
-            fresh = time.monotonic() - cands.listed_at < cands.relist_after
+            fresh = time.monotonic() - cands.synced_at < cands.relist_after
             if cands.entries and (not may_list or (fresh and cands.lost_in_row < RELIST_AFTER_LOST)):
                 return cands.pick(), False
             if not may_list:
                 return None, False
-            empty_signature = cands.empty_signature
+        with cands.sync:
+            watcher = self._watcher
+            if (watcher is not None and cands.complete
+                    and time.monotonic() - cands.listed_at < IDLE_RELIST_SECONDS):
+                news = watcher.news(folder)
+                if news is not None:
+                    with self._lock:
+                        if cands.complete:  # the list plus the news: every waiting file
+                            cands.add(news)
+                            cands.synced_at = time.monotonic()
+                            return (cands.pick() if cands.entries else None), False
+            return self._list(queue, folder, settings, cands)
+
+    def _list(self, queue: str, folder: str, settings: dict[str, Any],
+              cands: _Candidates) -> tuple[str | None, bool]:
+        """List the folder into ``cands`` (its ``sync`` held); the first pick."""
         started = time.monotonic()
         retry = settings["retry_timeout"]
+        empty_signature = cands.empty_signature
         if (empty_signature is not None and started - cands.listed_at < IDLE_RELIST_SECONDS
                 and quiet_signature(folder, self._clock, retry) == empty_signature):
             return None, False  # still empty: one stat instead of a listing (spares the server)
+        # What the watch saw so far is in the listing; what it sees from now on
+        # is news to add to it (None: the folder is not watched).
+        watched = self._watcher is not None and self._watcher.watching(folder)
+        if watched:
+            self._watcher.news(folder)  # type: ignore[union-attr]
         names = protocol.list_folder(folder, retry)
         entries = []
         for name in names:
@@ -131,11 +186,12 @@ class Listings:
         took = time.monotonic() - started
         # Taken after the listing: a name added in between makes the folder
         # "not quiet", so the next call lists again.
-        signature = None if entries else quiet_signature(folder, self._clock, retry)
+        signature = None if entries or watched else quiet_signature(folder, self._clock, retry)
         with self._lock:
             cands.empty_signature = signature
             cands.entries = entries
-            cands.listed_at = time.monotonic()
+            cands.complete = watched
+            cands.listed_at = cands.synced_at = time.monotonic()
             # List again after a pause 20x what listing cost: under 5% of the time
             # goes to listing, however deep the queue.
             cands.relist_after = max(0.5, 20 * took)
@@ -163,6 +219,7 @@ class Listings:
                 if cands.last_index < len(entries):
                     priority = entries[-1][0]
                     del entries[cands.last_index:]
+                    cands.complete = False  # names dropped untried: list again
                     if entries and entries[-1][0] != priority:
                         entries.clear()  # none of that priority left: never a worse one before a relisting
 
@@ -171,8 +228,7 @@ class Listings:
         with self._lock:
             cands = self._queues.get(queue)
             if cands is not None and cands.entries:
-                bisect.insort(cands.entries,
-                              (-waiting.priority, -queue_time_ns(waiting.queue_number), name))
+                cands.add([name])
 
     def forget(self, queue: str) -> None:
         """Drop the listing of ``queue`` (it changed behind our back)."""

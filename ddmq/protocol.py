@@ -19,10 +19,15 @@ consumers at once while its lease holds::
                         publish a copy (counter + 1), then unlink it        (requeue)
                       poison: rename to dead/REASON.PRIO.QNUM.ddmqID        (dead_letter)
 
+    consumer without a lease (auto-ack): read PRIO.QNUM.ddmqID where it waits, then
+      rename it to tmp/spare.TOKEN or tmp/TOKEN (and unlink that): the
+      rename decides who received it                                     (receive)
+
 This module is the only one in ddmq that renames, replaces or links files
 (``os.rename``, ``os.replace``, ``os.link``): every other module calls one
 of the transitions (:func:`publish`, :func:`claim`, :func:`extend`,
-:func:`take`, :func:`requeue`, :func:`dead_letter`, :func:`retire`) or
+:func:`take`, :func:`requeue`, :func:`dead_letter`, :func:`retire`,
+:func:`receive`) or
 :func:`atomic_write` / :func:`atomic_file` (settings, heartbeats, the
 secret, spill files), and retries through :func:`retrying`.
 
@@ -272,6 +277,44 @@ def retire(queue_dir: str, work: str, retry_timeout: float,
         if retired is not None:
             return retired
     return remove(path, retry_timeout)
+
+
+def receive(queue_dir: str, waiting: str, retry_timeout: float,
+            make_spare: Callable[[str, str], bool | None] | None = None) -> bool:
+    """The last step of consuming ``QUEUE/WAITING`` without a lease
+    (auto-ack), after the caller read it where it waits: take it out of the
+    queue. True if this process did, and so received the message (and may
+    keep what it read); False if another process took it first (the caller
+    drops what it read).
+
+    Safe for competing consumers because the file leaves the queue by one
+    rename (to a spare, ``make_spare(path, tmp_folder)``, see
+    :mod:`ddmq.reuse`; else to a private name in ``tmp/``, then unlinked),
+    which exactly one process can do; a claim (:func:`claim`) racing with it
+    is one rename too, so a message is either received or claimed, once. What
+    the winner read is the message: a name in a queue folder is never
+    written to once renamed in (files are rewritten only under names in
+    ``tmp/``, and a message's name is unique), so the file it renamed away
+    held the bytes it read from the start of its read (a file that ddmq
+    0.9, which writes final names directly, is still writing does not parse:
+    the caller claims such a file instead, see :mod:`ddmq.claiming`). A reader that lost
+    read a file that was taken, or reused, meanwhile: it drops what it read.
+    A rename reported failed whose private name exists was done (a network
+    filesystem lost the answer): received once. There is no lease: a
+    receiver that dies after this step loses the message (at-most-once), so
+    it is for queues whose messages are worthless once their one reader is
+    gone (a driver's reply queue). ``tmp/`` is created if missing."""
+    path = f"{queue_dir}{os.sep}{waiting}"
+    tmp = f"{queue_dir}{os.sep}{TMP}"
+    if make_spare is not None:
+        retired = make_spare(path, tmp)
+        if retired is not None:
+            return retired
+    private = f"{tmp}{os.sep}{temporary_name()}"
+    if _move_creating_folder(path, private, retry_timeout) or lstat(private, retry_timeout) is not None:
+        remove(private, retry_timeout)
+        return True
+    return False
 
 
 def _move_creating_folder(path: str, target: str, retry_timeout: float) -> bool:

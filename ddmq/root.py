@@ -114,6 +114,9 @@ class Root:
         #: brokers of one process on two mounts of one root claim apart (see Claimer)
         self.instance = next(_INSTANCES)
         local = reuse.filesystem_type(self.path) in reuse.REUSE_FILESYSTEMS
+        #: on a local filesystem, where every change passes through this kernel
+        #: (so inotify sees it) and a rename either happened or did not
+        self.local = local
         #: acked files to rewrite for later publishes, on a local filesystem only
         self.spares = reuse.SparePool(SPARES_MAX) if local else None
         self._folders: dict[str, str] = {}

@@ -30,6 +30,10 @@ import traceback
 from typing import Callable, Sequence
 
 import ddmq
+from ddmq import reuse
+
+if os.environ.get("DDMQ_TEST_NO_REUSE"):  # as a network filesystem: no spares, no trusted watch
+    reuse.REUSE_FILESYSTEMS = frozenset()
 
 
 # --- logging ---------------------------------------------------------------------
@@ -103,21 +107,26 @@ def publisher(root: str, queue: str, name: str, count: int, log_path: str,
 def consumer(root: str, queue: str, log_path: str, until: Sequence[str] = (), start=None,
              action: str = "ack", wait: float = 0.5, work_s: float = 0.0) -> None:
     """Consume with ``consume(queue, wait=wait)``; log each message, "work" on
-    it for up to ``work_s`` seconds, then ack (or nack) it. Stops at the first
-    empty consume() that began after every path in ``until`` existed (so
-    nothing published before then is missed)."""
+    it for up to ``work_s`` seconds, then ack (or nack) it. With action
+    "receive", consume with ``auto_ack=True`` and log each message as
+    delivered and acked at once. Stops at the first empty consume() that
+    began after every path in ``until`` existed (so nothing published before
+    then is missed)."""
     def body() -> None:
         rng = random.Random()
         b = ddmq.broker(root)
         b.clock.now()
         fd = _open_log(log_path)
-        for msg in _consume_until_done(b, queue, until, start, wait):
+        for msg in _consume_until_done(b, queue, until, start, wait, action == "receive"):
             tag = f"{msg.message} {msg.requeue_counter}"
             _log(fd, f"D {tag}")
             if work_s:
                 time.sleep(rng.uniform(0, work_s))
             try:
-                if action == "ack":
+                if action == "receive":
+                    assert msg.filename is None, msg.filename
+                    _log(fd, f"A {tag}")
+                elif action == "ack":
                     b.ack(msg)
                     _log(fd, f"A {tag}")
                 else:
@@ -147,7 +156,8 @@ def batch_consumer(root: str, queue: str, log_path: str, start, n: int) -> None:
     _guarded(log_path, body)
 
 
-def _consume_until_done(b: ddmq.Broker, queue: str, until: Sequence[str], start, wait: float):
+def _consume_until_done(b: ddmq.Broker, queue: str, until: Sequence[str], start, wait: float,
+                        auto_ack: bool = False):
     """Yield the messages of ``queue`` (after ``start`` is set) up to the first
     empty consume() that began after every path in ``until`` existed (so
     nothing published before then is missed)."""
@@ -155,7 +165,7 @@ def _consume_until_done(b: ddmq.Broker, queue: str, until: Sequence[str], start,
         start.wait()
     done_seen = False
     while True:
-        msg = b.consume(queue, wait=wait)
+        msg = b.consume(queue, wait=wait, auto_ack=auto_ack)
         if msg is None:
             if done_seen:
                 return

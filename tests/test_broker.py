@@ -317,6 +317,58 @@ def test_unparseable_message_is_dead_lettered_and_never_blocks(b, content):
         assert handle.read() == content
 
 
+@pytest.mark.parametrize("content", [b"", b'{"message": "half', b"[1, 2]"])
+def test_receive_dead_letters_what_it_cannot_read_and_never_blocks(b, content):
+    with open(os.path.join(b.root, "q", "0.1.ddmqbad"), "wb") as handle:
+        handle.write(content)
+    os.symlink("/etc/passwd", os.path.join(b.root, "q", "0.2.ddmqlink"))
+    b.publish("q", "good")
+    got = b.consume("q", n=10, auto_ack=True)
+    assert [msg.message for msg in got] == ["good"]
+    assert sorted(b.list_dead("q")) == ["unparseable.0.1.ddmqbad", "unparseable.0.2.ddmqlink"]
+    assert b.get_message_list("q") == ([], [])
+
+
+def test_receive_takes_messages_out_without_a_lease(b):
+    first = b.publish("q", "a", priority=1)
+    b.publish("q", "b", priority=2)
+    msg = b.consume("q", auto_ack=True)
+    assert (msg.message, msg.id, msg.filename, msg.expiry) == ("a", first.id, None, None)
+    (path,), work = b.get_message_list("q")
+    assert work == []
+    assert b.consume("q", path=path, auto_ack=True).message == "b"
+    assert b.get_message_list("q") == ([], [])
+    with pytest.raises(ValueError):  # nothing to ack
+        b.ack(msg)
+    tmp = os.path.join(b.root, "q", "tmp")
+    assert not [n for n in os.listdir(tmp) if not n.startswith("spare.")] if os.path.isdir(tmp) else True
+
+
+def test_a_watched_queue_takes_news_from_the_watch_instead_of_listing(b, monkeypatch):
+    # A consumer that waited on a local queue knows its listing was complete:
+    # the watch names what is published later, by any process, and nothing is listed.
+    other = ddmq.broker(b.root)
+    assert b.consume("q", wait=0.01) is None  # watches the folder, lists it once
+    listed = []
+    real = protocol.list_folder
+    folder = os.path.join(b.root, "q")  # (housekeeping lists work/ and tmp/)
+    monkeypatch.setattr(protocol, "list_folder",
+                        lambda *a, **k: (a[0] == folder and listed.append(a[0])) or real(*a, **k))
+    other.publish("q", "x", priority=5)
+    other.publish("q", "y", priority=1)
+    assert [m.message for m in b.consume("q", n=5, wait=1, auto_ack=True)] == ["y", "x"]
+    assert b.consume("q", wait=0.01) is None
+    assert listed == []
+    # A lost race that drops untried names ends the trust: the next look lists.
+    for i in range(3):
+        other.publish("q", i)
+    got = other.consume("q", n=3)
+    other.ack("q", [m.filename for m in got])
+    b._listings._queues["q"].streak = 6.0  # pick at random among the first few
+    assert b.consume("q", wait=0.01) is None
+    assert listed
+
+
 def test_foreign_files_are_ignored(b):
     for name in ("notes.txt", ".hidden", "999.x.ddmqabc", "1.2.3", "README"):
         open(os.path.join(b.root, "q", name), "w").close()

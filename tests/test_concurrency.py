@@ -415,6 +415,43 @@ def test_competing_consumers_drain_a_full_queue_exactly_once(tmp_path, procs):
     report("competing consumers", messages=n_msgs, seconds=round(took, 1), share=share)
 
 
+@pytest.mark.parametrize("reuse_files", [True, False], ids=["spares", "no-spares"])
+def test_receivers_and_consumers_get_each_message_once(tmp_path, procs, monkeypatch, reuse_files):
+    """consume(auto_ack=True) (read where it waits, then one rename takes it
+    out of the queue) competing with itself and with ordinary claims, while
+    publishers write (rewriting the spares the receivers leave), each waiting
+    on the queue's folder watch: every message is delivered exactly once."""
+    if not reuse_files:  # the children see it too: the spawn context copies the environment
+        monkeypatch.setattr(reuse, "REUSE_FILESYSTEMS", frozenset())
+        monkeypatch.setenv("DDMQ_TEST_NO_REUSE", "1")
+    n_pub, per_pub = 2, 1500
+    root, b = new_root(tmp_path)
+    start = CTX.Event()
+    done = [str(tmp_path / f"done-p{i}") for i in range(n_pub)]
+    pubs = [f"p{i}" for i in range(n_pub)]
+    receivers, claimers = ["r0", "r1", "r2"], ["c0"]
+    for i, name in enumerate(pubs):
+        procs.start(name, publisher, root, Q, name, per_pub, procs.log(name), start, None, done[i])
+    for name in receivers:
+        procs.start(name, consumer, root, Q, procs.log(name), done, start, "receive", 0.5)
+    for name in claimers:
+        procs.start(name, consumer, root, Q, procs.log(name), done, start, "ack", 0.5)
+    time.sleep(0.5)
+    start.set()
+    procs.join()
+    published = [i for name in pubs for i in publisher_ids(procs, name)]
+    events = consumer_events(procs, receivers + claimers)
+    delivered = collections.Counter(e[2] for e in events if e[1] == "D")
+    doubled = {i: c for i, c in delivered.items() if c > 1}
+    assert not doubled, f"{len(doubled)} ids delivered more than once, e.g. {list(doubled.items())[:5]}"
+    assert set(delivered) == set(published), f"lost: {sorted(set(published) - set(delivered))[:10]}"
+    assert collections.Counter(e[2] for e in events if e[1] == "A") == delivered
+    share = {name: sum(1 for e in events if e[0] == name and e[1] == "D") for name in receivers + claimers}
+    assert sum(share[name] for name in receivers) > 0, share
+    assert_empty(b)
+    report("receivers and consumers", messages=len(published), share=share)
+
+
 def test_competing_batch_consumers_get_each_message_once_and_each_batch_best_first(tmp_path, procs):
     """consume(n) returns its messages best first (priority, then publish order) even
     when lost races made its listing skip ahead and come back; a worker runs its

@@ -19,7 +19,11 @@ thread only publishes; everything that comes back is handled here::
 
 The reply queue is consumed with the broker's wait (inotify on a local
 filesystem, else polling with back-off), at most :data:`REPLY_BATCH`
-messages at a time; while ``map`` publishes, the collector pauses up to
+messages at a time. Only this collector reads it, and its replies are
+worthless once the driver is gone, so they are received without a lease
+(``consume(auto_ack=True)``: one rename per reply, no ack); in a named run
+(``run=``), whose reply queue outlives a driver, they are claimed and acked
+only once their outcomes are written (see :mod:`.attach`); while ``map`` publishes, the collector pauses up to
 :data:`MAP_PAUSE_MAX` between batches. The first reply of a task wins; a
 late duplicate (from a worker that lost its lease and came back) is logged
 and dropped. When the executor is shut down and no task is unresolved (or
@@ -110,7 +114,8 @@ class Collector(threading.Thread):
                 executor._collect_now.wait(MAP_PAUSE_MAX)
                 try:
                     got = self._broker.consume(self._reply_queue, n=REPLY_BATCH,
-                                               wait=max(0.0, next_round - time.monotonic()))
+                                               wait=max(0.0, next_round - time.monotonic()),
+                                               auto_ack=executor._run is None)
                     errors.reset()
                 except QueueNotFoundError:
                     executor._break(f"the reply queue {self._reply_queue} was deleted")
@@ -149,7 +154,8 @@ class Collector(threading.Thread):
         """Handle every reply now in the reply queue (before the thread starts:
         a restarted run's driver, see :mod:`.attach`), and ack them."""
         while True:
-            got = self._broker.consume(self._reply_queue, n=REPLY_BATCH)
+            got = self._broker.consume(self._reply_queue, n=REPLY_BATCH,
+                                       auto_ack=self._executor._run is None)
             if not got:
                 break
             self._take_replies(got)

@@ -256,7 +256,6 @@ class Worker:
         claimed, so no claimed message is dropped. After a filesystem error
         the next look comes after a longer pause (up to :data:`ERROR_PAUSE_MAX`).
         """
-        folder = os.path.join(self.root, self.queue)
         timeout = self._walltime.wait_limit(self.idle_timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         errors = Backoff(0.1, ERROR_PAUSE_MAX)
@@ -266,12 +265,14 @@ class Worker:
             try:
                 if self._stopping:
                     raise _Stop
-                self._watcher.wait(folder, pause)
+                self.broker.wait_for_messages(self.queue, pause)
             finally:
                 self._interruptible = False
 
         def attempt() -> list[Message]:
-            self._watcher.arm(folder)
+            # The broker's watch, whose events name the new files: a claim
+            # then needs no listing (see ddmq.listing).
+            self.broker.watch(self.queue)
             try:
                 got = self.broker.consume(self.queue, n=n)
             except QueueNotFoundError:
@@ -290,7 +291,7 @@ class Worker:
         most = float(self.broker.get_settings(self.queue)["poll_max"])
         if self._sees_all is None:  # asked once: the root does not move
             self._sees_all = (filesystem_type(self.root) in LOCAL_FILESYSTEMS
-                              and self._watcher.watches(os.path.join(self.root, self.queue)))
+                              and self.broker.watch(self.queue))
         return max(most, LOCAL_POLL_MAX) if self._sees_all else most
 
     def _run_batch(self, msgs: list[Message]) -> None:
