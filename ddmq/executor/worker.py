@@ -79,7 +79,6 @@ from ..layout import DEAD, HOST, check_queue_name
 from ..root import check_root_path
 from ..message import Message
 from ..reuse import filesystem_type
-from ..watch import FolderWatcher
 from . import heartbeat as heartbeat_records
 from .envelope import (Failure, Refusal, Task, check_task, dump_result, echo_keys, failure,
                        load_task)
@@ -169,7 +168,6 @@ class Worker:
         self.tasks_done = 0
         self._heartbeat = heartbeat_records.Heartbeat(self.root, queue, heartbeat)
         self._spills = SpillStore(self.root)
-        self._watcher = FolderWatcher()
         self._keeper = Keeper(self)
         self._orphans = OrphanTasks(self)  # tasks whose executor is gone are dropped
         # Shared with the keeper thread, under _lock: the running task (and
@@ -216,7 +214,6 @@ class Worker:
         finally:
             self._keeper.finish()
             self._heartbeat.remove()
-            self._watcher.close()
             self.broker.close()
         log.info("worker %s exits after %d task(s)%s", self.name, self.tasks_done,
                  f" ({self._stop_reason})" if self._stop_reason else "")
