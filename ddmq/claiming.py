@@ -133,7 +133,13 @@ class Claimer:
 
         if housekeeping is not None:
             housekeeping()
-        return wait_until(attempt, wait, most=lambda: float(self.root.effective(queue)["poll_max"]),
+        def most() -> float:
+            return float(self.root.effective(queue)["poll_max"])
+
+        # Where every change passes through this kernel, the watch wakes the
+        # wait for each new file: short pauses would only be wake-ups for nothing.
+        first = most() if self.root.local and watcher.watches(folder) else 0.001
+        return wait_until(attempt, wait, first=first, most=most,
                           sleep=lambda pause: watcher.wait(folder, pause), looked=[])
 
     def _claim_one(self, queue: str, folder: str, name: str, settings: dict[str, Any]) -> Message | None:

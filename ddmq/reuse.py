@@ -112,10 +112,15 @@ class SparePool:
     def take(self, folder: str, retry_timeout: float, private: str | None = None) -> str | None:
         """Claim a spare of ``folder`` by renaming it to ``private`` (default:
         a new unique name in ``folder``); that path, or None if no spare
-        could be had."""
+        could be had. Ours in ``folder`` first, then ours in another folder,
+        then (a listing) any process's in ``folder``."""
         with self._lock:
             spares = self._of(folder)
-            look = (not spares.ours and not spares.found
+            # One of ours elsewhere before a listing: a worker retires task
+            # files in the task queue and writes replies, an executor the
+            # reverse; each taking its own spares across needs no listing.
+            ours_elsewhere = any(s.ours for s in self._folders.values())
+            look = (not ours_elsewhere and not spares.found
                     and time.monotonic() >= spares.next_look)
             if look:
                 spares.next_look = time.monotonic() + self.RELOOK_SECONDS
@@ -131,15 +136,15 @@ class SparePool:
                     spares.next_look = 0.0  # when these are used up, look again at once
         for _ in range(8):
             with self._lock:
+                elsewhere = next((s.ours for s in self._folders.values() if s.ours), None)
                 if spares.ours:
                     candidate = spares.ours.pop()  # the newest: least likely taken by another
+                elif elsewhere is not None:
+                    candidate = elsewhere.pop()
                 elif spares.found:
                     candidate = spares.found.pop()
-                else:  # one of ours elsewhere: e.g. a worker acks tasks and publishes replies
-                    elsewhere = next((s.ours for s in self._folders.values() if s.ours), None)
-                    if elsewhere is None:
-                        return None
-                    candidate = elsewhere.pop()
+                else:
+                    return None
             target = private or f"{folder}{os.sep}{unique_token()}"
             if rename_local(candidate, target):
                 return target

@@ -282,7 +282,10 @@ class Worker:
                 return []
             return got if isinstance(got, list) else [got] if got is not None else []
 
-        return wait_until(attempt, timeout, first=0.001, most=self._poll_max, sleep=sleep)
+        # Where the watch sees every new file, a pause ends at the first one:
+        # short pauses would only be wake-ups for nothing.
+        first = self._poll_max() if self._sees_all else 0.001
+        return wait_until(attempt, timeout, first=first, most=self._poll_max, sleep=sleep)
 
     def _poll_max(self) -> float:
         most = float(self.broker.get_settings(self.queue)["poll_max"])
