@@ -3,10 +3,11 @@ README's model for 1,000 workers on Lustre or NFS (test_load.py measures the idl
 with poll_max 1 and 5 s).
 
 An executor on node c, one ``python -m ddmq.worker`` on node a; the brick's own counters
-(``gluster volume profile``) over: N quick tasks submitted one by one (one message each: task
-message, reply message, the worker's heartbeat rewrites, the executor's housekeeping rounds;
-the worker claims quick tasks in batches and answers them in shared reply messages), N calls
-in a map of chunks of 20 (one message per 20 calls), and N_SLOW tasks of 0.2 s (no batches).
+(``gluster volume profile``) over: N quick tasks submitted one by one (the executor knows
+them quick, so the burst goes out in bundles of several tasks per message; the worker answers
+them in shared reply messages), N calls in a map of chunks of 20, and N_SLOW tasks of 0.2 s (one
+message each: task message, reply message, the worker's heartbeat rewrites, the executor's
+housekeeping rounds).
 """
 
 from __future__ import annotations
@@ -62,5 +63,9 @@ def test_server_operations_per_task(cluster: Cluster, workers):
            slow_tasks=N_SLOW, slow_seconds=round(slow_s, 1),
            metadata_ops_per_task_of_200ms=round(_metadata(one_by_one) / N_SLOW, 1),
            ops_per_task_of_200ms={k: round(v / N_SLOW, 2) for k, v in sorted(one_by_one.items())})
-    assert per_task < 200 and per_call < per_task
+    per_slow_task = _metadata(one_by_one) / N_SLOW  # one message each: not bundled, not chunked
+    # A burst of quick submits travels in bundles, a map in chunks: each call
+    # costs a small part of a message's operations.
+    assert per_slow_task < 200
+    assert per_task < per_slow_task / 10 and per_call < per_slow_task / 10
 
