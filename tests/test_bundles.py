@@ -302,3 +302,24 @@ def test_tasks_of_unknown_pace_and_spilled_payloads_go_alone(tmp_path, monkeypat
         ex.shutdown(cancel_futures=True)
     with pytest.raises(cf.CancelledError):
         futures[-1].result()
+
+
+@pytest.mark.parametrize("workers, tasks, most", [(1, 100, 100), (4, 100, 25), (3, 10, 4), (8, 3, 1)])
+def test_the_quick_tasks_of_one_publication_are_shared_out_among_the_workers(tmp_path, workers, tasks, most):
+    from ddmq.broker import Broker
+    from ddmq.executor.publisher import Publisher
+    from ddmq.executor.spill import SpillStore
+    from ddmq.executor.tasks import TaskFuture, TaskRecord, TaskTable
+    table = TaskTable(SpillStore(tmp_path))
+    publisher = Publisher("t", Broker(tmp_path / "root", create=True), "tasks", table, {},
+                          lambda: workers)
+    publisher.pace.record("quick", 0.0001, 1)
+    batch = []
+    for i in range(tasks):
+        task = TaskRecord(f"task{i}", TaskFuture(f"task{i}", lambda _: False), 1, True, "quick", None)
+        table.add(task)
+        batch.append((task, {"task": task.id, "payload": "x"}))
+    groups = publisher._groups(batch)
+    assert [item for group in groups for item in group] == batch  # all, in order
+    assert max(len(group) for group in groups) == most
+    assert len(groups) >= min(workers, tasks)

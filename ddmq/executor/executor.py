@@ -245,7 +245,8 @@ class DDMQExecutor(Executor):
         self._collector: Collector | None = None
         # Publishes the tasks, those of a burst together (see .publisher).
         self._publisher = Publisher(self._token, self._broker, queue, self._tasks, dict(
-            priority=priority, timeout=self.lease, requeue=True, requeue_limit=retries))
+            priority=priority, timeout=self.lease, requeue=True, requeue_limit=retries),
+            self._worker_count)
         # Its record, beaten by the collector, tells others it is alive (see reaper).
         self._upkeep = DriverUpkeep(self._broker, self._spills, self.reply_queue, queue)
         try:
@@ -408,6 +409,13 @@ class DDMQExecutor(Executor):
         return _results(futures, end_time)
 
     def _auto_chunksize(self, n: int) -> int:
+        chunksize, extra = divmod(n, self._worker_count() * 4)
+        return max(1, chunksize + (1 if extra else 0))
+
+    def _worker_count(self) -> int:
+        """The workers that share this executor's tasks: the local workers,
+        else the live workers of the queue (their heartbeats), else the Slurm
+        workers asked for, else a guess."""
         workers = self.max_workers
         if not workers:
             try:
@@ -416,8 +424,7 @@ class DDMQExecutor(Executor):
                 log.debug("cannot count the workers: %s", err)
             workers = workers or (self._slurm.expected_workers if self._slurm else 0) \
                 or DEFAULT_WORKER_GUESS
-        chunksize, extra = divmod(n, workers * 4)
-        return max(1, chunksize + (1 if extra else 0))
+        return workers
 
     def workers(self) -> tuple[list[heartbeat.WorkerRecord], list[heartbeat.WorkerRecord]]:
         """(live, lost) workers of this executor's queue, from their heartbeats."""

@@ -15,17 +15,20 @@ and a loop of 10,000 ``submit`` calls costs tens of files instead of
 Only tasks known to be quick share a message (:class:`Pace`: the seconds
 per call of the function's last results, which workers report), at most
 :data:`BUNDLE_SECONDS` of expected work and :data:`BUNDLE_MAX` tasks per
-message, so that slow tasks still spread over all the workers; a function
-not seen yet, and a task whose payload is a spill file, go one task per
-message. A task that cannot be published
-fails its future with the broker's error.
+message, so that slow tasks still spread over all the workers; and the
+quick tasks of one publication are cut into at least as many bundles as
+there are workers, so that each has its share. A function not seen yet, and
+a task whose payload is a spill file, go one task per message. A task that
+cannot be published fails its future with the broker's error.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import DdmqError
 from .tasks import TaskRecord
@@ -45,6 +48,9 @@ BUNDLE_BYTES = 1 << 20
 #: Most seconds of expected work in one message: a bundle's tasks run one
 #: after the other on one worker.
 BUNDLE_SECONDS = 0.02
+#: Seconds the publisher keeps a count of the workers (counting them may
+#: read every heartbeat record of the queue).
+WORKER_COUNT_SECONDS = 5.0
 
 
 class Pace:
@@ -70,17 +76,19 @@ class Pace:
 class Publisher(threading.Thread):
     """Publishes the tasks :meth:`put` hands over (see the module docstring).
 
-    ``publish(body)`` publishes one message body to the task queue and
-    returns the Message."""
+    ``worker_count()``: how many workers share the tasks (asked at most
+    every :data:`WORKER_COUNT_SECONDS`)."""
 
     def __init__(self, name: str, broker: Broker, queue: str, tasks: TaskTable,
-                 publish_options: dict[str, Any]):
+                 publish_options: dict[str, Any], worker_count: Callable[[], int]):
         super().__init__(name=f"ddmq-publisher-{name}", daemon=True)
         self._broker = broker
         self._queue = queue
         self._tasks = tasks
         self._options = publish_options  # priority, timeout, requeue, requeue_limit
         self.pace = Pace()
+        self._worker_count = worker_count
+        self._workers = (1, -math.inf)  # (count, when counted)
         self._cond = threading.Condition()
         self._pending: list[tuple[TaskRecord, dict[str, Any]]] = []
         self._busy = False
@@ -159,7 +167,11 @@ class Publisher(threading.Thread):
     def _groups(self, batch: list[tuple[TaskRecord, dict[str, Any]]]
                 ) -> list[list[tuple[TaskRecord, dict[str, Any]]]]:
         """The batch cut into messages: quick tasks together (up to the
-        limits), every other task alone; in the order submitted."""
+        limits, and in at least as many messages as there are workers),
+        every other task alone; in the order submitted."""
+        per_bundle = BUNDLE_MAX
+        if len(batch) > 1:
+            per_bundle = min(BUNDLE_MAX, math.ceil(len(batch) / self._workers_now()))
         groups: list[list[tuple[TaskRecord, dict[str, Any]]]] = []
         current: list[tuple[TaskRecord, dict[str, Any]]] = []
         seconds = 0.0
@@ -179,7 +191,7 @@ class Publisher(threading.Thread):
                     current, seconds, size = [], 0.0, 0
                 groups.append([item])
                 continue
-            if current and (len(current) >= BUNDLE_MAX or seconds + expected > BUNDLE_SECONDS
+            if current and (len(current) >= per_bundle or seconds + expected > BUNDLE_SECONDS
                             or size + length > BUNDLE_BYTES):
                 groups.append(current)
                 current, seconds, size = [], 0.0, 0
@@ -189,6 +201,16 @@ class Publisher(threading.Thread):
         if current:
             groups.append(current)
         return groups
+
+    def _workers_now(self) -> int:
+        count, when = self._workers
+        if time.monotonic() - when > WORKER_COUNT_SECONDS:
+            try:
+                count = max(1, int(self._worker_count()))
+            except Exception:  # noqa: BLE001 (a count is a hint: never fail a publication for it)
+                log.debug("cannot count the workers", exc_info=True)
+            self._workers = (count, time.monotonic())
+        return count
 
     def _publish(self, group: list[tuple[TaskRecord, dict[str, Any]]],
                  msg_id: str | None = None) -> None:
