@@ -323,3 +323,17 @@ def test_the_quick_tasks_of_one_publication_are_shared_out_among_the_workers(tmp
     assert [item for group in groups for item in group] == batch  # all, in order
     assert max(len(group) for group in groups) == most
     assert len(groups) >= min(workers, tasks)
+
+
+def test_a_lone_submit_is_published_before_submit_returns(tmp_path):
+    """No burst: the caller publishes its own task, sparing the round trip
+    through the publisher thread (a burst's later tasks still coalesce)."""
+    root = tmp_path / "root"
+    with executor(root) as ex:
+        b = ddmq.broker(root)
+        for i in range(3):
+            time.sleep(0.05)  # the last submit is long past: each is alone
+            future = ex.submit(pow, 2, i)
+            assert len(b.get_message_list(ex.queue)[0]) == i + 1, "not published by submit"
+            assert ex._tasks.get(future._task_id).msg is not None
+        ex.shutdown(cancel_futures=True)

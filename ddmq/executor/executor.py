@@ -345,7 +345,9 @@ class DDMQExecutor(Executor):
             except BaseException:
                 self._tasks.forget(task)
                 raise
-            self._publisher.put(task, doc)
+            lone = self._publisher.put(task, doc)
+        if lone:
+            self._publisher.publish_lone(task, doc)
         return future
 
     def _check_open(self) -> None:

@@ -12,6 +12,11 @@ and a loop of 10,000 ``submit`` calls costs tens of files instead of
                                                   |      (tasks.published: task -> message id)
                        while publishing, more <---+
 
+A lone task (the publisher idle, and nothing handed over for
+:data:`LONE_GAP` seconds: not part of a burst) is published by the caller
+itself (:meth:`Publisher.publish_lone`), sparing a round trip through the
+thread; the tasks handed over meanwhile wait for it as above.
+
 Only tasks known to be quick share a message (:class:`Pace`: the seconds
 per call of the function's last results, which workers report), at most
 :data:`BUNDLE_SECONDS` of expected work and :data:`BUNDLE_MAX` tasks per
@@ -48,6 +53,9 @@ BUNDLE_BYTES = 1 << 20
 #: Most seconds of expected work in one message: a bundle's tasks run one
 #: after the other on one worker.
 BUNDLE_SECONDS = 0.02
+#: A task handed over at least this long after the last one was handed over
+#: (or published alone) is not part of a burst: its caller publishes it.
+LONE_GAP = 0.00025
 #: Seconds the publisher keeps a count of the workers (counting them may
 #: read every heartbeat record of the queue).
 WORKER_COUNT_SECONDS = 5.0
@@ -91,14 +99,42 @@ class Publisher(threading.Thread):
         self._workers = (1, -math.inf)  # (count, when counted)
         self._cond = threading.Condition()
         self._pending: list[tuple[TaskRecord, dict[str, Any]]] = []
-        self._busy = False
+        self._busy = False  # a publication is in progress (the thread's, or a caller's)
         self._stopping = False
+        self._last_put = -math.inf
 
-    def put(self, task: TaskRecord, envelope: dict[str, Any]) -> None:
-        """Publish ``task`` (already in the task table) soon."""
+    def put(self, task: TaskRecord, envelope: dict[str, Any]) -> bool:
+        """Publish ``task`` (already in the task table) soon. True: it is a
+        lone task (see the module docstring), the caller must publish it
+        now with :meth:`publish_lone` (outside its own locks)."""
         with self._cond:
+            now = time.monotonic()
+            lone = (not self._busy and not self._pending and not self._stopping
+                    and now - self._last_put >= LONE_GAP)
+            self._last_put = now
+            if lone:
+                self._busy = True
+                return True
             self._pending.append((task, envelope))
             self._cond.notify_all()
+            return False
+
+    def publish_lone(self, task: TaskRecord, envelope: dict[str, Any]) -> None:
+        """Publish the lone task :meth:`put` gave back, in the caller's thread."""
+        try:
+            if self._tasks.get(task.id) is not None:  # not cancelled meanwhile
+                self._publish([(task, envelope)])
+        except BaseException as err:  # e.g. Ctrl-C in the middle: the task fails, the caller sees err
+            if task.msg is None:
+                self._tasks.settle(task, None, DdmqError(
+                    f"task {task.id} ({task.fn_name}) was not published: "
+                    f"{type(err).__name__}: {err}"))
+            raise
+        finally:
+            with self._cond:
+                self._busy = False
+                self._last_put = time.monotonic()
+                self._cond.notify_all()
 
     def withdraw(self, task: TaskRecord) -> bool | None:
         """Take ``task`` back if it is not published yet (True); None if it
@@ -143,7 +179,8 @@ class Publisher(threading.Thread):
     def run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stopping:
+                # A caller publishing a lone task goes first (its task was handed over first).
+                while self._busy or (not self._pending and not self._stopping):
                     self._cond.wait()
                 if not self._pending:
                     return
