@@ -65,7 +65,7 @@ class Claimer:
         best first; [] if none."""
         settings = self.root.effective(queue)
         got: list[Message] = []
-        order: list[tuple[int, int]] = []  # (priority, publish time) of each message got
+        names: list[str] = []  # the waiting name of each message got
         listed = False  # list at most once per call: what one listing missed, the next call finds
         while len(got) < n:
             try:
@@ -93,13 +93,12 @@ class Claimer:
             self.listings.outcome(queue, msg is not None)
             if msg is not None:
                 got.append(msg)
-                waiting = WaitingName.parse(name)
-                order.append((waiting.priority, queue_time_ns(waiting.queue_number))
-                             if waiting is not None else (0, 0))
+                names.append(name)
         if len(got) > 1:
             # Best first, whatever order the claims succeeded in: after a lost race
             # the listing skips ahead, and finds the messages it skipped when it
             # lists again; a worker runs its batch in this order.
+            order = [_rank(name) for name in names]
             got = [msg for _, msg in sorted(zip(order, got), key=lambda pair: pair[0])]
         return got
 
@@ -226,3 +225,9 @@ class Claimer:
         log.warning("dead-lettering unparseable message %s of %s: %s", work_name, queue, problem)
         self.delivery.dead_letter(queue, work_path, "unparseable", work.waiting)
         return None
+
+
+def _rank(name: str) -> tuple[int, int]:
+    """(priority, publish time) of waiting name ``name``: the order of delivery."""
+    waiting = WaitingName.parse(name)
+    return (0, 0) if waiting is None else (waiting.priority, queue_time_ns(waiting.queue_number))
