@@ -83,15 +83,22 @@ with DDMQExecutor(root, max_workers=workers, lease=600, start_timeout=120) as ex
 """
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Driver:
     """A driver process; its stdout lines and stderr (a file) can be read while it runs."""
 
     def __init__(self, root: str, marks: str, mode: str, workers: int, n: int, tmp) -> None:
         self.stderr_path = str(tmp / f"driver-{time.monotonic_ns()}.err")
         self._err = open(self.stderr_path, "w", encoding="utf-8")
+        # SIGINT at its default, as in a terminal: a test run started in the
+        # background by a shell inherits it ignored, and Python then never
+        # raises KeyboardInterrupt.
         self.proc = subprocess.Popen([sys.executable, "-c", DRIVER, root, marks, mode, str(workers),
                                       str(n)], stdout=subprocess.PIPE, stderr=self._err, text=True,
-                                     env=ENV)
+                                     env=ENV, preexec_fn=_sigint_default)
         self.reply = ""
 
     def expect(self, word: str) -> str:
