@@ -562,3 +562,20 @@ def test_the_executors_threads_shadow_nothing_of_threading_thread():
         ours |= {name for name in vars(cls) if not name.startswith("__")}
         public = {"run", "start", "join", "name", "daemon", "is_alive"}  # overridden on purpose
         assert not (ours & theirs) - public, (cls.__name__, sorted((ours & theirs) - public))
+
+
+def test_a_map_of_several_chunks_sends_the_function_pickled_once(ex):
+    """The chunks of one map are sent at once: a closure (by value) is pickled
+    once for all, and each chunk still carries it whole."""
+    from ddmq.executor.pickling import PickledOnce
+    offset = 1000
+
+    def shifted(x):
+        return x + offset
+
+    assert list(ex.map(shifted, range(50), chunksize=7)) == [x + 1000 for x in range(50)]
+    again = PickledOnce(shifted)
+    assert pickle.loads(pickle.dumps(again))(1) == 1001
+    lock = threading.Lock()
+    with pytest.raises(pickle.PicklingError, match="cannot be pickled"):
+        list(ex.map(lambda x: (lock, x), range(10), chunksize=2))

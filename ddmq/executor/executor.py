@@ -83,7 +83,7 @@ from .envelope import dump_task
 from .interrupt import exit_after_interrupt, stop_on_interrupt
 from .errors import BrokenDDMQExecutor, TaskRejectedError, WorkerLostError
 from .environment import EnvironmentCheck, versions
-from .pickling import callable_name
+from .pickling import PickledOnce, callable_name
 from .pool import WORKER_STOP_TIMEOUT, LocalPool
 from .publisher import Publisher
 from .reaper import DriverUpkeep
@@ -319,12 +319,16 @@ class DDMQExecutor(Executor):
 
     def _submit(self, fn: Callable[..., Any], arglists: list[tuple[Any, ...]],
                 kwargs: list[dict[str, Any]] | None, single: bool,
-                keys: TaskKeys | None = None) -> TaskFuture:
+                keys: TaskKeys | None = None, sent: Any = None) -> TaskFuture:
+        """Submit the calls ``fn(*arglists[i], **kwargs[i])`` as one task;
+        ``sent``: what to pickle for ``fn`` (a :class:`PickledOnce` of it),
+        if not ``fn`` itself."""
         self._check_open()
         task_id = f"{self._token}.{next(self._counter)}"
         future = TaskFuture(task_id, self._withdraw, self._timed_out)
         try:
-            doc = dump_task(self._secret, task_id, self.reply_queue, fn, arglists, kwargs,
+            doc = dump_task(self._secret, task_id, self.reply_queue,
+                            fn if sent is None else sent, arglists, kwargs,
                             self._spills, None if keys is None else keys.encode())
         except pickle.PicklingError as err:
             future.set_exception(err)
@@ -391,11 +395,17 @@ class DDMQExecutor(Executor):
         with self._map_lock:
             self._mapping += 1
             self._collect_now.clear()
+        sent = None
+        if len(calls) > chunksize:  # several chunks: pickle the function once for all
+            try:
+                sent = PickledOnce(fn)
+            except Exception:  # noqa: BLE001 (each chunk's future then says why)
+                sent = None
         try:
             for start in range(0, len(calls), chunksize):
                 futures.append(self._submit(fn, calls[start:start + chunksize], None, single=False,
                                             keys=None if plan is None else
-                                            plan.task_keys(start, start + chunksize)))
+                                            plan.task_keys(start, start + chunksize), sent=sent))
         except BaseException:
             for future in futures:
                 future.cancel()

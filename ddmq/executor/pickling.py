@@ -14,6 +14,7 @@ cloudpickle is imported here only: the envelope format
 
 from __future__ import annotations
 
+import io
 import pickle
 import types
 from typing import Any, Tuple, Type
@@ -63,6 +64,35 @@ def _by_value_modules() -> Any:
         return cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES
     except AttributeError:  # an older or newer cloudpickle: always use it
         return True
+
+
+class PickledOnce:
+    """A function pickled once for all the chunks of one ``map``, which are
+    sent at once and so carry the same function: pickling a function of
+    ``__main__`` by value costs more than a chunk of small arguments. It
+    unpickles as the function itself (``pickle.loads`` of its bytes)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, fn: Any):
+        self.data = _dumps_first(fn)
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return loads, (self.data,)
+
+
+def _dumps_first(value: Any) -> bytes:
+    """``value`` pickled by the first of :func:`picklers` that can."""
+    chosen = picklers()
+    for pickler in chosen:
+        buffer = io.BytesIO()
+        try:
+            pickler(buffer, protocol=PROTOCOL).dump(value)
+            return buffer.getvalue()
+        except Exception:
+            if pickler is chosen[-1]:
+                raise
+    raise AssertionError("unreachable")
 
 
 def dumps(value: Any) -> bytes:
