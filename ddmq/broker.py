@@ -39,6 +39,20 @@ from .settings import DEFAULTS
 log = logging.getLogger(__name__)
 
 
+def _check_publish_options(priority: Any, timeout: Any, requeue: Any, requeue_prio: Any,
+                           requeue_limit: Any, msg_id: Any) -> None:
+    """InvalidMessageError for an argument of :meth:`Broker.publish` out of range."""
+    _check_int("priority", priority, 0)
+    _check_int("requeue_prio", requeue_prio, 0)
+    _check_int("requeue_limit", requeue_limit, 0)
+    _check_int("timeout", timeout, 1, MAX_TIMEOUT)
+    if requeue is not None and not isinstance(requeue, bool):
+        raise InvalidMessageError(f"requeue must be True, False or None, not {requeue!r}")
+    if msg_id is not None and not (isinstance(msg_id, str) and len(msg_id) == 32
+                                   and all(c in "0123456789abcdef" for c in msg_id)):
+        raise InvalidMessageError(f"msg_id must be 32 lowercase hex digits, not {msg_id!r}")
+
+
 def _check_int(name: str, value: Any, minimum: int, maximum: int = MAX_NUMBER) -> None:
     if value is not None and (type(value) is not int or not minimum <= value <= maximum):
         raise InvalidMessageError(f"{name} must be a whole number from {minimum} to {maximum}, "
@@ -145,17 +159,9 @@ class Broker:
         InvalidMessageError, FilesystemError.
         """
         folder = self._root.queue_dir(queue)
-        _check_int("priority", priority, 0)
-        _check_int("requeue_prio", requeue_prio, 0)
-        _check_int("requeue_limit", requeue_limit, 0)
-        _check_int("timeout", timeout, 1, MAX_TIMEOUT)
-        if requeue is not None and not isinstance(requeue, bool):
-            raise InvalidMessageError(f"requeue must be True, False or None, not {requeue!r}")
+        _check_publish_options(priority, timeout, requeue, requeue_prio, requeue_limit, msg_id)
         if requeue_prio is not None and requeue is None:
             requeue = True
-        if msg_id is not None and not (isinstance(msg_id, str) and len(msg_id) == 32
-                                       and all(c in "0123456789abcdef" for c in msg_id)):
-            raise InvalidMessageError(f"msg_id must be 32 lowercase hex digits, not {msg_id!r}")
         settings = self._root.effective(queue)
         if priority is None:
             priority = settings["priority"]

@@ -1,5 +1,9 @@
 """A worker's answers: the results of the tasks it ran, published to their reply queues, then their tasks acked.
 
+Also the answers that are not results: a refusal for each task of a message
+that failed verification (:meth:`Answers.refuse`, the message dead-lettered
+unopened) and for a task whose payload file is gone (:meth:`Answers.drop`).
+
 The worker's main thread gathers the :class:`Answer` of each task of a
 batch and sends them together (one reply message per reply queue); the
 keeper thread sends those gathered so far when a task of the batch turns
@@ -19,8 +23,12 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..backoff import wait_until
-from ..errors import DdmqError, FilesystemError, LeaseLostError, QueueNotFoundError
+from ..errors import (DdmqError, FilesystemError, InvalidNameError, LeaseLostError,
+                      QueueNotFoundError)
+from ..layout import DEAD, check_queue_name
 from ..message import Message
+from .envelope import Refusal
+from .errors import PayloadMissingError, SignatureError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .worker import Worker
@@ -188,3 +196,43 @@ class Answers:
             self._room_given_up = time.monotonic()
             raise last
         log.warning("could %s: the filesystem has room again", what)
+
+    def refuse(self, msg: Message, docs: list[Any], err: SignatureError) -> None:
+        """Dead-letter a task message that failed verification and tell the
+        executor of each task it names (``docs``: its envelopes), with a
+        refusal in place of a result."""
+        worker = self._worker
+        tasks = [doc.get("task") if isinstance(doc, dict) else None for doc in docs]
+        named = ", ".join(task if isinstance(task, str) else "?" for task in tasks)
+        log.error("refused task %s (message %s): %s; dead-lettering it without unpickling it",
+                  named, msg.id, err)
+        try:
+            dead = worker.broker.reject(msg)
+            where = f"{worker.queue}/{DEAD}/{dead}"
+        except DdmqError as reject_err:
+            log.warning("cannot dead-letter message %s: %s", msg.id, reject_err)
+            where = "(not dead-lettered)"
+        for task, doc in zip(tasks, docs):
+            reply = doc.get("reply") if isinstance(doc, dict) else None
+            if not isinstance(task, str) or not isinstance(reply, str):
+                continue
+            try:
+                check_queue_name(reply)
+                worker.broker.publish(reply, [Refusal(task, worker.name, f"{err}; message {where}")
+                                              .to_doc(worker.secret, reply)])
+            except (InvalidNameError, QueueNotFoundError):
+                pass
+            except DdmqError as pub_err:
+                log.warning("cannot tell %s that task %s was refused: %s", reply, task, pub_err)
+
+    def drop(self, doc: dict[str, Any], err: PayloadMissingError) -> None:
+        """A task whose payload file is gone is over (its executor has the
+        result, or is gone): tell the executor in case it waits (its message
+        is acked with the batch's answers)."""
+        worker = self._worker
+        log.warning("dropping task %s: %s", doc.get("task"), err)
+        try:
+            worker.broker.publish(doc["reply"], [Refusal(doc["task"], worker.name, str(err))
+                                                 .to_doc(worker.secret, doc["reply"])])
+        except DdmqError:
+            pass

@@ -5,15 +5,17 @@ The data flow, and the module that owns each step::
   |========== the caller's process ==========|== shared folder ROOT/ ==|== any node ==|
 
   +-----------+         +--------------+         +-------------------+         +----------+
-  |           | submit  | TaskTable    | publish | tasks/            | consume | worker   |
-  |           | map  => | {task id:    | ======> |  PRIO.QNUM.ddmqID | ======> | process  |
-  |   DDMQ    |         |  TaskRecord} |         |  work/EXPIRY.P... |         | #1 .. #n |
-  | Executor  |         +--------------+         |  dead/REASON.P... |         |          |
-  |           |               ^ settle           +-------------------+         |  runs    |
-  |           |               |                                                |  calls   |
-  |           |         +--------------+ consume +-------------------+ publish |          |
+  |           | submit  | TaskTable    |         | tasks/            | consume | worker   |
+  |           | map  => | {task id:    |         |  PRIO.QNUM.ddmqID | ======> | process  |
+  |   DDMQ    |    |    |  TaskRecord} |         |  work/EXPIRY.P... |         | #1 .. #n |
+  | Executor  |    |    +--------------+ publish |  dead/REASON.P... |         |          |
+  |           |    +--> | Publisher    | ======> |  (one task, or a  |         |  runs    |
+  |           |         | (bundles)    |         |   bundle of them) |         |  calls   |
+  |           |         +--------------+         +-------------------+         |          |
+  |           |               | settle                                         |          |
+  |           |         +--------------+ receive +-------------------+ publish |          |
   |           |         | Collector    | <====== | reply-HOST-PID-X/ | <====== |          |
-  |           |         | thread       |   ack   |  PRIO.QNUM.ddmqID |         |          |
+  |           |         | thread       |         |  PRIO.QNUM.ddmqID |         |          |
   +-----------+         +--------------+         +-------------------+         +----------+
                           every 2 s: clean(tasks) requeues expired leases; LocalPool replaces
                           dead workers and DeathWatch requeues their tasks at once, and those
@@ -23,8 +25,10 @@ The data flow, and the module that owns each step::
 ``submit()`` / ``map()`` (this module):
 - pickle the function and a batch of calls and sign them with the root's
   secret (:mod:`.envelope`, :mod:`.pickling`, :mod:`.secret`), add a
-  :class:`~.tasks.TaskRecord` to the :class:`~.tasks.TaskTable`, then publish
-  one message to the task queue. The message's lease is ``lease`` seconds
+  :class:`~.tasks.TaskRecord` to the :class:`~.tasks.TaskTable`, then hand
+  the task to the publisher (:mod:`.publisher`), which publishes it to the
+  task queue, alone or with the tasks of a burst as one bundle
+  (:mod:`.bundle`). The message's lease is ``lease`` seconds
   and its requeue limit is ``retries``. Payloads over 64 KiB (of tasks and
   of results) travel as spill files in ``ROOT/.payloads/REPLY_QUEUE/``
   (:mod:`.spill`).
@@ -35,8 +39,8 @@ Worker (``python -m ddmq.worker ROOT``, :mod:`.worker`):
   its keeper thread (:mod:`.keeper`) extends the lease.
 
 Collector thread (:mod:`.collector`, one per executor):
-- consumes the reply queue, verifies each result, settles its future and
-  acks it; every :data:`~.collector.HOUSEKEEPING_INTERVAL` seconds requeues
+- receives the replies (``consume(auto_ack=True)``: only this executor
+  reads them), verifies each result and settles its future; every :data:`~.collector.HOUSEKEEPING_INTERVAL` seconds requeues
   the expired leases of the task queue, has the local worker pool
   (:mod:`.pool`) replace workers that died, requeues at once the tasks of
   dead workers, local or elsewhere (:mod:`.deaths`), fails the futures of
@@ -59,6 +63,7 @@ leaves is removed by :mod:`.reaper`.
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import logging
 import math
@@ -72,7 +77,7 @@ from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal
 
 from ..broker import Broker
-from ..errors import DdmqError, QueueNotFoundError
+from ..errors import DdmqError
 from ..layout import check_queue_name
 from ..root import check_root_path
 from . import heartbeat, watchdog
@@ -102,8 +107,6 @@ __all__ = ["DDMQExecutor", "BrokenDDMQExecutor", "TaskRejectedError", "WorkerLos
 
 log = logging.getLogger(__name__)
 
-#: Worker count assumed for choosing a chunk size when none can be seen.
-DEFAULT_WORKER_GUESS = 16
 
 _executors: weakref.WeakSet[DDMQExecutor] = weakref.WeakSet()
 
@@ -225,6 +228,8 @@ class DDMQExecutor(Executor):
         self._tasks = TaskTable(self._spills)  # the tasks whose futures are unresolved
         self._counter = itertools.count(1)
         self._submit_lock = threading.Lock()  # _shutdown, _broken, publishing
+        # What result(timeout) raises when the time is up (see .watchdog).
+        self._timed_out = functools.partial(watchdog.timeout_error, self)
         self._map_lock = threading.Lock()     # _mapping
         self._mapping = 0  # map calls publishing their chunks
         self._collect_now = threading.Event()  # clear while _mapping (see collector.MAP_PAUSE_MAX)
@@ -246,7 +251,7 @@ class DDMQExecutor(Executor):
         # Publishes the tasks, those of a burst together (see .publisher).
         self._publisher = Publisher(self._token, self._broker, queue, self._tasks, dict(
             priority=priority, timeout=self.lease, requeue=True, requeue_limit=retries),
-            self._worker_count)
+            lambda: watchdog.serving_workers(self))
         # Its record, beaten by the collector, tells others it is alive (see reaper).
         self._upkeep = DriverUpkeep(self._broker, self._spills, self.reply_queue, queue)
         try:
@@ -421,30 +426,12 @@ class DDMQExecutor(Executor):
         return _results(futures, end_time)
 
     def _auto_chunksize(self, n: int) -> int:
-        chunksize, extra = divmod(n, self._worker_count() * 4)
+        chunksize, extra = divmod(n, watchdog.serving_workers(self) * 4)
         return max(1, chunksize + (1 if extra else 0))
-
-    def _worker_count(self) -> int:
-        """The workers that share this executor's tasks: the local workers,
-        else the live workers of the queue (their heartbeats), else the Slurm
-        workers asked for, else a guess."""
-        workers = self.max_workers
-        if not workers:
-            try:
-                workers = len(heartbeat.list_workers(self.root, self.queue)[0])
-            except (OSError, DdmqError) as err:
-                log.debug("cannot count the workers: %s", err)
-            workers = workers or (self._slurm.expected_workers if self._slurm else 0) \
-                or DEFAULT_WORKER_GUESS
-        return workers
 
     def workers(self) -> tuple[list[heartbeat.WorkerRecord], list[heartbeat.WorkerRecord]]:
         """(live, lost) workers of this executor's queue, from their heartbeats."""
         return heartbeat.list_workers(self.root, self.queue)
-
-    def _timed_out(self, timeout: float | None) -> BaseException:
-        """What ``result(timeout)`` raises when the time is up (see :mod:`.watchdog`)."""
-        return watchdog.timeout_error(self, timeout)
 
     # --- cancel and shutdown -------------------------------------------------------
 
@@ -521,18 +508,7 @@ class DDMQExecutor(Executor):
         # A run's reply queue stays while tasks of the run may be out (see .attach).
         keep = self._run is not None and self._run.close(
             bool(len(self._tasks)) or self._abandon or self._broken is not None)
-        for attempt in range(0 if keep else 3):
-            try:
-                self._broker.delete_queue(self.reply_queue)
-                break
-            except QueueNotFoundError:
-                break
-            except DdmqError as err:  # a late reply landed while deleting: try again
-                if attempt == 2:
-                    log.warning("cannot delete the reply queue %s: %s", self.reply_queue, err)
-        if not keep:
-            self._spills.remove(self.reply_queue)
-        self._upkeep.end()
+        self._upkeep.end(keep_queue=keep)
         self._broker.close()
         log.info("executor on %s shut down", self.root)
 

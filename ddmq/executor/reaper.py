@@ -123,7 +123,7 @@ class DriverUpkeep:
 
     :meth:`start` when the executor starts (before its reply queue is made),
     :meth:`round` from each of the collector's housekeeping rounds,
-    :meth:`end` after the reply queue and the spill folder were deleted."""
+    :meth:`end` when it shuts down (what it leaves is removed there)."""
 
     def __init__(self, broker: Broker, spills: SpillStore, reply: str, queue: str):
         self._broker = broker
@@ -143,9 +143,23 @@ class DriverUpkeep:
             except (OSError, DdmqError) as err:
                 log.warning("cannot look for dead executors in %s: %s", self._broker.root, err)
 
-    def end(self) -> None:
-        """Remove the record, unless the reply queue could not be deleted:
-        then the record stays, for the queue to be reaped once this process is gone."""
+    def end(self, keep_queue: bool = False) -> None:
+        """Delete the reply queue and its spill folder (unless ``keep_queue``:
+        a named run's, which outlives its drivers), then the record, unless
+        the reply queue could not be deleted: then the record stays, for the
+        queue to be reaped once this process is gone."""
+        reply = self.record.reply
+        for attempt in range(0 if keep_queue else 3):
+            try:
+                self._broker.delete_queue(reply)
+                break
+            except QueueNotFoundError:
+                break
+            except DdmqError as err:  # a late reply landed while deleting: try again
+                if attempt == 2:
+                    log.warning("cannot delete the reply queue %s: %s", reply, err)
+        if not keep_queue:
+            self._spills.remove(reply)
         try:
             left = protocol.lstat(os.path.join(self._broker.root, self.record.reply), _RETRY)
         except DdmqError:

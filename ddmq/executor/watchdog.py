@@ -11,6 +11,8 @@ would leave its tasks waiting with nothing said. So:
   :class:`NoWorkerWarning` (a ``warnings.warn``: printed on stderr with no
   logging set up), naming the root, the queue and the command that starts
   a worker; and again when workers appear.
+- :func:`serving_workers`: how many workers share the executor's tasks,
+  for ``map``'s chunk size and the publisher's bundles.
 - :func:`timeout_error`: what ``Future.result(timeout)``, ``exception`` and
   ``map`` raise when the time is up, a
   :class:`~ddmq.executor.errors.ResultTimeoutError` (a
@@ -22,6 +24,7 @@ would leave its tasks waiting with nothing said. So:
 
 from __future__ import annotations
 
+import logging
 import shlex
 import time
 import warnings
@@ -34,7 +37,13 @@ from .errors import ResultTimeoutError
 if TYPE_CHECKING:
     from .executor import DDMQExecutor
 
-__all__ = ["NO_WORKER_WARN_AFTER", "NoWorkerWarning", "Watchdog", "timeout_error"]
+__all__ = ["NO_WORKER_WARN_AFTER", "NoWorkerWarning", "Watchdog", "serving_workers",
+           "timeout_error"]
+
+log = logging.getLogger(__name__)
+
+#: Workers assumed to share the tasks when none can be seen (see serving_workers).
+DEFAULT_WORKER_GUESS = 16
 
 #: Seconds tasks may wait with no live worker on the queue before the user
 #: is told (tests lower it).
@@ -89,6 +98,22 @@ def _warn(text: str) -> None:
     # executor (whose collector thread runs no line of the caller's), and
     # not a line of ddmq's source either. Filters by category or module apply.
     warnings.warn_explicit(text, NoWorkerWarning, "ddmq", 0, module=__name__)
+
+
+def serving_workers(executor: DDMQExecutor) -> int:
+    """The workers that share ``executor``'s tasks (for map's chunk size and
+    the publisher's bundles): its local workers, else the live workers of
+    its queue (their heartbeats), else the Slurm workers it asked for, else
+    :data:`DEFAULT_WORKER_GUESS`."""
+    workers = executor.max_workers
+    if not workers:
+        try:
+            workers = len(heartbeat.list_workers(executor.root, executor.queue)[0])
+        except (OSError, DdmqError) as err:
+            log.debug("cannot count the workers: %s", err)
+        slurm = executor._slurm
+        workers = workers or (slurm.expected_workers if slurm else 0) or DEFAULT_WORKER_GUESS
+    return workers
 
 
 def timeout_error(executor: DDMQExecutor, timeout: float | None) -> ResultTimeoutError:

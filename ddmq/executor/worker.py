@@ -74,13 +74,13 @@ from typing import Any
 
 from ..backoff import Backoff, wait_until
 from ..broker import Broker
-from ..errors import DdmqError, InvalidNameError, QueueNotFoundError
-from ..layout import DEAD, HOST, check_queue_name
+from ..errors import DdmqError, QueueNotFoundError
+from ..layout import HOST, check_queue_name
 from ..root import check_root_path
 from ..message import Message
 from ..reuse import filesystem_type
 from . import heartbeat as heartbeat_records
-from .envelope import (Failure, Refusal, Task, check_task, dump_result, echo_keys, failure,
+from .envelope import (Failure, Task, check_task, dump_result, echo_keys, failure,
                        load_task)
 from .errors import PayloadMissingError, SignatureError
 from .environment import unpickling_note
@@ -375,7 +375,7 @@ class Worker:
                                          "(bundles carry theirs inline)")
                 checked.append(check_task(self.secret, doc, self.root))
             except SignatureError as err:
-                self._refuse(bundle.msg, bundle.envelopes, err)
+                self._answers.refuse(bundle.msg, bundle.envelopes, err)
                 return None
             except PayloadMissingError as err:
                 checked.append(err)
@@ -419,7 +419,7 @@ class Worker:
         answer (``last``: the message is acked once it is sent), or None if
         it was dropped (then it is already dealt with)."""
         if isinstance(task, PayloadMissingError):
-            self._drop(msg, doc, task)
+            self._answers.drop(doc, task)
             return Answer(msg, str(doc.get("task")), str(doc.get("reply")), None, last)
         running = RunningTask(msg, task.id, self._lease_of(msg))
         with self._lock:
@@ -480,43 +480,6 @@ class Worker:
                 failures.append(failure(index, err, f"in task {task} on worker {self.name}"))
         return values, failures
 
-    def _refuse(self, msg: Message, docs: list[Any], err: SignatureError) -> None:
-        """Dead-letter a task message that failed verification and tell the
-        executor of each task it names (``docs``: its envelopes)."""
-        tasks = [doc.get("task") if isinstance(doc, dict) else None for doc in docs]
-        named = ", ".join(task if isinstance(task, str) else "?" for task in tasks)
-        log.error("refused task %s (message %s): %s; dead-lettering it without unpickling it",
-                  named, msg.id, err)
-        try:
-            dead = self.broker.reject(msg)
-            where = f"{self.queue}/{DEAD}/{dead}"
-        except DdmqError as reject_err:
-            log.warning("cannot dead-letter message %s: %s", msg.id, reject_err)
-            where = "(not dead-lettered)"
-        for task, doc in zip(tasks, docs):
-            reply = doc.get("reply") if isinstance(doc, dict) else None
-            if not isinstance(task, str) or not isinstance(reply, str):
-                continue
-            try:
-                check_queue_name(reply)
-                self.broker.publish(reply, [Refusal(task, self.name, f"{err}; message {where}")
-                                            .to_doc(self.secret, reply)])
-            except (InvalidNameError, QueueNotFoundError):
-                pass
-            except DdmqError as pub_err:
-                log.warning("cannot tell %s that task %s was refused: %s", reply, task, pub_err)
-
-    def _drop(self, msg: Message, doc: dict[str, Any], err: PayloadMissingError) -> None:
-        """A task whose payload file is gone is over (its executor has the
-        result, or is gone): tell the executor in case it waits (its message
-        is acked with the batch's answers)."""
-        log.warning("dropping task %s: %s", doc.get("task"), err)
-        try:
-            self.broker.publish(doc["reply"], [Refusal(doc["task"], self.name, str(err))
-                                               .to_doc(self.secret, doc["reply"])])
-        except DdmqError:
-            pass
-
     def _nack(self, msg: Message, task: str) -> None:
         try:  # a hand-back is not a failed try; on a full disk, tried again as space returns
             self._answers.when_room(lambda: self.broker.nack(msg, requeue=True, count=False),
@@ -564,9 +527,14 @@ class Worker:
         for msg in self._queued:
             self._nack(msg, "(not started)")
         self._heartbeat.remove()
-        for handler in logging.getLogger().handlers:
-            try:
-                handler.flush()
-            except Exception:  # noqa: BLE001 (exiting anyway)
-                pass
+        _flush_logs()
         os._exit(0)
+
+
+def _flush_logs() -> None:
+    """Flush the root logger's handlers: os._exit skips what would."""
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:  # noqa: BLE001 (exiting anyway)
+            pass
