@@ -19,6 +19,13 @@ def where(x: int, pause: float = 0.0) -> tuple[int, str | None, str]:
     return x * x, os.environ.get("SLURMD_NODENAME"), job()
 
 
+def where_slowly(x: int, pause: float) -> tuple[int, str | None, str]:
+    """:func:`where`, under a name of its own: an executor that saw ``where`` return quickly
+    bundles a burst of its calls (see ddmq.executor.publisher); calls of a function not seen
+    yet go one per message."""
+    return where(x, pause)
+
+
 def attempt(x: int, seconds: float, folder: str) -> tuple[int, str]:
     """Note the attempt in ``folder/x`` (one line per start: the array task), sleep, and
     return (x, the array task)."""

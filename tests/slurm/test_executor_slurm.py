@@ -37,7 +37,7 @@ def test_executor_submits_its_workers_serves_a_map_over_nodes_and_cancels_them(s
         quick = list(ex.map(tasks.where, range(600), chunksize=1))
         rate = len(quick) / (time.monotonic() - t)
         # ddmq status while 3 tasks of 4 s run, one per node, and 2 wait
-        slow = [ex.submit(tasks.where, x, 4.0) for x in range(5)]
+        slow = [ex.submit(tasks.where_slowly, x, 4.0) for x in range(5)]  # one message each
         ids_slow = {f._task_id for f in slow}
         # "running": claimed (a worker that just ran quick tasks claims a few at once, and
         # gives back those it has not started when one turns out slow: while it does, a
