@@ -113,14 +113,24 @@ class Publisher(threading.Thread):
                     and now - self._last_put >= LONE_GAP)
             self._last_put = now
             if lone:
-                self._busy = True
                 return True
             self._pending.append((task, envelope))
             self._cond.notify_all()
             return False
 
     def publish_lone(self, task: TaskRecord, envelope: dict[str, Any]) -> None:
-        """Publish the lone task :meth:`put` gave back, in the caller's thread."""
+        """Publish the lone task :meth:`put` gave back, in the caller's thread
+        (or hand it over after all, if another publication began meanwhile).
+
+        Until this call, the task is neither pending nor being published: a
+        Ctrl-C in between leaves it unpublished, with nothing to wait for
+        (the interrupt cancels it as a task without a message)."""
+        with self._cond:
+            if self._busy or self._pending or self._stopping:
+                self._pending.append((task, envelope))
+                self._cond.notify_all()
+                return
+            self._busy = True
         try:
             if self._tasks.get(task.id) is not None:  # not cancelled meanwhile
                 self._publish([(task, envelope)])
