@@ -337,3 +337,25 @@ def test_a_lone_submit_is_published_before_submit_returns(tmp_path):
             assert len(b.get_message_list(ex.queue)[0]) == i + 1, "not published by submit"
             assert ex._tasks.get(future._task_id).msg is not None
         ex.shutdown(cancel_futures=True)
+
+
+def test_a_task_published_again_under_its_message_id_is_found_once_and_forgotten_whole(tmp_path):
+    """Cancelling one call of a bundle publishes the others again under the
+    same message id: each must still be found once by that id, and nothing
+    must stay behind once they are resolved."""
+    from ddmq.executor.spill import SpillStore
+    from ddmq.executor.tasks import TaskFuture, TaskRecord, TaskTable
+    from ddmq.message import Message
+    table = TaskTable(SpillStore(tmp_path))
+    first, again = Message(id="a" * 32), Message(id="a" * 32)
+    tasks = [TaskRecord(f"t{i}", TaskFuture(f"t{i}", lambda _: False), 1, True, "f", None)
+             for i in range(2)]
+    for task in tasks:
+        table.add(task)
+        table.published(task, first)
+    for task in tasks:
+        table.published(task, again)
+    assert table.of_message("a" * 32) == tasks
+    for task in tasks:
+        table.settle(task, 1, None)
+    assert table.of_message("a" * 32) == [] and not table.has_messages()

@@ -116,16 +116,19 @@ class TaskTable:
         """``task`` went out as ``msg`` (first, or again after its message
         was withdrawn): it can be found by its message id (if still unresolved)."""
         with self._lock:
-            old = task.msg
+            if task.msg is not None:
+                self._unlink(task.id, task.msg)
             task.msg = msg
-            if old is not None and old.id and old.id != msg.id:
-                siblings = self._by_msg_id.get(old.id)
-                if siblings is not None and task.id in siblings:
-                    siblings.remove(task.id)
-                    if not siblings:
-                        del self._by_msg_id[old.id]
             if task.id in self._by_id and msg.id:
                 self._by_msg_id.setdefault(msg.id, []).append(task.id)
+
+    def _unlink(self, task_id: str, msg: Message) -> None:
+        """``task_id`` is no longer found by the id of ``msg`` (the caller holds the lock)."""
+        siblings = self._by_msg_id.get(msg.id or "")
+        if siblings is not None and task_id in siblings:
+            siblings.remove(task_id)
+            if not siblings:
+                del self._by_msg_id[msg.id or ""]
 
     def get(self, task_id: Any) -> TaskRecord | None:
         """The unresolved task ``task_id`` (any value: it may come from a reply)."""
@@ -153,13 +156,8 @@ class TaskTable:
         with self._lock:
             if self._by_id.pop(task.id, None) is None:
                 return False
-            if task.msg is not None and task.msg.id:
-                siblings = self._by_msg_id.get(task.msg.id)
-                if siblings is not None:
-                    if task.id in siblings:
-                        siblings.remove(task.id)
-                    if not siblings:
-                        del self._by_msg_id[task.msg.id]
+            if task.msg is not None:
+                self._unlink(task.id, task.msg)
         if task.payload_file is not None:
             self._spills.release(task.payload_file)
         return True
