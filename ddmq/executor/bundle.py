@@ -38,17 +38,15 @@ class Bundle:
     """A claimed task message and the worker's progress through its tasks.
 
     ``envelopes``: the tasks' envelopes, in order; ``next``: the index of the
-    first not started; ``handed_back``: True once the tasks not started went
-    back to the queue as a new message. Changed by the worker's main thread,
-    and by its keeper under the worker's lock when the grace period ends."""
+    first not started. Changed by the worker's main thread, and by its keeper
+    under the worker's lock when the grace period ends."""
 
-    __slots__ = ("msg", "envelopes", "next", "handed_back")
+    __slots__ = ("msg", "envelopes", "next")
 
     def __init__(self, msg: Message):
         self.msg = msg
         self.envelopes = task_envelopes(msg.message)
         self.next = 0
-        self.handed_back = False
 
     def __len__(self) -> int:
         return len(self.envelopes)

@@ -23,7 +23,8 @@ messages at a time. Only this collector reads it, and its replies are
 worthless once the driver is gone, so they are received without a lease
 (``consume(auto_ack=True)``: one rename per reply, no ack); in a named run
 (``run=``), whose reply queue outlives a driver, they are claimed and acked
-only once their outcomes are written (see :mod:`.attach`); while ``map`` publishes, the collector pauses up to
+only once their outcomes are written (see :mod:`.attach`). While ``map``
+publishes, the collector pauses up to
 :data:`MAP_PAUSE_MAX` between batches. The first reply of a task wins; a
 late duplicate (from a worker that lost its lease and came back) is logged
 and dropped. When the executor is shut down and no task is unresolved (or

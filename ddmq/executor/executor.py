@@ -40,7 +40,8 @@ Worker (``python -m ddmq.worker ROOT``, :mod:`.worker`):
 
 Collector thread (:mod:`.collector`, one per executor):
 - receives the replies (``consume(auto_ack=True)``: only this executor
-  reads them), verifies each result and settles its future; every :data:`~.collector.HOUSEKEEPING_INTERVAL` seconds requeues
+  reads them), verifies each result and settles its future; every
+  :data:`~.collector.HOUSEKEEPING_INTERVAL` seconds requeues
   the expired leases of the task queue, has the local worker pool
   (:mod:`.pool`) replace workers that died, requeues at once the tasks of
   dead workers, local or elsewhere (:mod:`.deaths`), fails the futures of
@@ -294,9 +295,9 @@ class DDMQExecutor(Executor):
 
         Raises RuntimeError after shutdown, BrokenDDMQExecutor when broken.
         If ``fn`` or an argument cannot be pickled, the returned future has
-        already failed with ``pickle.PicklingError``. The task is published
-        by the executor's publisher thread: at once, or, while it publishes
-        earlier tasks, together with the others submitted meanwhile in one
+        already failed with ``pickle.PicklingError``. A lone task is published
+        before this returns; in a burst, the executor's publisher thread
+        publishes it together with the others submitted meanwhile in one
         message (see :mod:`.publisher`); if that fails, the future fails with
         the broker's error. In a run, a call whose outcome the run
         holds is not run: its future is already done (see ``run=``).

@@ -135,10 +135,7 @@ class Publisher(threading.Thread):
             if self._tasks.get(task.id) is not None:  # not cancelled meanwhile
                 self._publish([(task, envelope)])
         except BaseException as err:  # e.g. Ctrl-C in the middle: the task fails, the caller sees err
-            if task.msg is None:
-                self._tasks.settle(task, None, DdmqError(
-                    f"task {task.id} ({task.fn_name}) was not published: "
-                    f"{type(err).__name__}: {err}"))
+            self._fail_unpublished([task], err)
             raise
         finally:
             with self._cond:
@@ -201,11 +198,7 @@ class Publisher(threading.Thread):
                     self._publish(group)
             except BaseException as err:  # a bug: fail what it held rather than hang
                 log.exception("the publisher thread failed")
-                for task, _ in batch:
-                    if task.msg is None:
-                        self._tasks.settle(task, None, DdmqError(
-                            f"task {task.id} ({task.fn_name}) was not published: "
-                            f"{type(err).__name__}: {err}"))
+                self._fail_unpublished([task for task, _ in batch], err)
             finally:
                 with self._cond:
                     self._busy = False
@@ -248,6 +241,14 @@ class Publisher(threading.Thread):
         if current:
             groups.append(current)
         return groups
+
+    def _fail_unpublished(self, tasks: list[TaskRecord], err: BaseException) -> None:
+        """Fail the futures of those of ``tasks`` that got no message: publishing them raised ``err``."""
+        for task in tasks:
+            if task.msg is None:
+                self._tasks.settle(task, None, DdmqError(
+                    f"task {task.id} ({task.fn_name}) was not published: "
+                    f"{type(err).__name__}: {err}"))
 
     def _workers_now(self) -> int:
         count, when = self._workers
