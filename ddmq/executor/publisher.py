@@ -5,8 +5,8 @@ its signed envelope to the publisher (:meth:`Publisher.put`), which publishes
 it at once if it is idle. Tasks handed over while it is publishing wait, and
 go out together in the next message, a bundle (:mod:`.bundle`), as TCP's
 Nagle algorithm coalesces small writes: a lone ``submit`` waits for nothing,
-and a loop of 10,000 ``submit`` calls costs tens of files instead of
-10,000::
+and a loop of 10,000 ``submit`` calls costs about a hundred messages
+instead of 10,000::
 
     submit/map --put(task, envelope)--> pending --+--> publish one message per group
                                                   |      (tasks.published: task -> message id)
