@@ -64,6 +64,8 @@ TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.
                               getattr(errno, "EBADFD", 77)})
 #: errno values that mean "the file is not there (any more)": another process took it.
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE})
+#: How often a move into a folder that others may be removing is tried.
+_FOLDER_ATTEMPTS = 5
 
 
 def retrying(op: Callable[[], T], action: str, retry_timeout: float,
@@ -318,14 +320,23 @@ def receive(queue_dir: str, waiting: str, retry_timeout: float,
 
 
 def _move_creating_folder(path: str, target: str, retry_timeout: float) -> bool:
-    """:func:`move`, creating the target's folder if it is missing."""
-    if move(path, target, retry_timeout):
-        return True
+    """:func:`move`, creating the target's folder if it is missing: False
+    only if ``path`` was gone (another process took it).
+
+    A failed rename whose ``path`` is still there found the folder missing:
+    made again, and the rename tried again. Others may be making it at the
+    same moment (the first dead letters of several processes) or removing it
+    while empty (housekeeping, see :mod:`ddmq.housekeeping`), so whether the
+    folder exists *now* says nothing about the rename that failed."""
     folder = os.path.dirname(target)
-    if is_folder(folder, retry_timeout) or lstat(path, retry_timeout) is None:
-        return False  # the file was gone (another process took it)
-    make_folder(folder, retry_timeout)
-    return move(path, target, retry_timeout)
+    for _ in range(_FOLDER_ATTEMPTS):
+        if move(path, target, retry_timeout):
+            return True
+        if lstat(path, retry_timeout) is None:
+            return False
+        make_folder(folder, retry_timeout)
+    raise FilesystemError(FileNotFoundError(errno.ENOENT, "its folder keeps disappearing", folder),
+                          f"move {path} into {folder}")
 
 
 def _rewrite(spare: str, final: str, data: bytes, fsync: bool) -> bool:

@@ -230,6 +230,26 @@ def housekeeper(root: str, queue: str, log_path: str, barrier, rounds: int) -> N
     _guarded(log_path, body)
 
 
+def dead_letterer(root: str, queue: str, log_path: str, barrier, rounds: int) -> None:
+    """``rounds`` times: wait at the barrier, consume one message, wait at
+    the barrier again (everyone holds one), nack it (its ``requeue_limit``
+    of 0 dead-letters it) at once with the others, wait at the barrier a
+    last time. Logs ``N ID ROUND`` after each nack returned."""
+    def body() -> None:
+        b = ddmq.broker(root)
+        fd = _open_log(log_path)
+        for round_ in range(rounds):
+            barrier.wait(timeout=120)
+            msg = b.consume(queue, wait=10)
+            assert msg is not None
+            barrier.wait(timeout=120)
+            b.nack(msg)
+            _log(fd, f"N {msg.message} {round_}")
+            barrier.wait(timeout=120)
+        os.close(fd)
+    _guarded(log_path, body)
+
+
 def cleaner(root: str, queue: str, log_path: str, stop_path: str) -> None:
     """Run ``clean(queue, force=True)`` back to back until ``stop_path`` exists."""
     def body() -> None:

@@ -23,8 +23,8 @@ import ddmq
 from conftest import expire
 from ddmq import reuse
 from ddmq.root import SPARES_MAX
-from helpers_procs import (batch_consumer, cleaner, consumer, die_at, extender, housekeeper,
-                           publisher, read_log, relay)
+from helpers_procs import (batch_consumer, cleaner, consumer, dead_letterer, die_at, extender,
+                           housekeeper, publisher, read_log, relay)
 
 CTX = multiprocessing.get_context("spawn")
 Q = "q"
@@ -550,6 +550,35 @@ def test_requeue_limit_dead_letters_each_message_once_under_concurrency(tmp_path
     state = folder_state(b)
     assert state["waiting"] == state["work"] == state["requeues"] == [], state
     report("requeue_limit", messages=n_msgs, deliveries=sum(deliveries.values()), dead=len(dead))
+
+
+def test_first_dead_letters_of_many_processes_all_reach_dead(tmp_path, procs):
+    # dead/ is made by the first dead letter: processes dead-lettering at
+    # once race to create it (and housekeeping removes it when empty).
+    n_con, rounds = 4, 40
+    root, b = new_root(tmp_path)
+    barrier = CTX.Barrier(n_con + 1)
+    cons = [f"d{i}" for i in range(n_con)]
+    for name in cons:
+        procs.start(name, dead_letterer, root, Q, procs.log(name), barrier, rounds)
+    dead_dir = os.path.join(root, Q, "dead")
+    for round_ in range(rounds):
+        ids = [f"r{round_}m{i}" for i in range(n_con)]
+        for msg_id in ids:
+            b.publish(Q, msg_id, requeue_limit=0)
+        for _ in range(3):  # consume; nack all at once; done
+            barrier.wait(timeout=120)
+        dead = b.list_dead(Q)
+        state = folder_state(b)
+        assert len(dead) == n_con and state["waiting"] == state["work"] == state["requeues"] == [], (
+            round_, dead, state)
+        for name in dead:
+            os.unlink(os.path.join(dead_dir, name))
+        os.rmdir(dead_dir)  # as housekeeping does with an empty dead/
+    procs.join()
+    nacked = [f[1] for n in cons for f in read_log(procs.log(n))]
+    assert len(nacked) == n_con * rounds == len(set(nacked))
+    report("first dead letters at once", processes=n_con, rounds=rounds)
 
 
 # --- 7. kill -9 at each step of the protocol ------------------------------------------
