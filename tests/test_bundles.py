@@ -325,6 +325,27 @@ def test_the_quick_tasks_of_one_publication_are_shared_out_among_the_workers(tmp
     assert len(groups) >= min(workers, tasks)
 
 
+def test_a_map_of_quick_calls_is_published_by_map_itself_one_bundle_per_worker(tmp_path, monkeypatch):
+    """map hands its chunks over together: with the publisher idle, map's
+    caller publishes them before map returns, spread over the workers as one
+    bundle each (not one chunk alone and the rest after it)."""
+    root, calls = tmp_path / "root", tmp_path / "calls"
+    calls.mkdir()
+    with executor(root) as ex:
+        workers = [start_worker(root, "--idle-timeout", "5") for _ in range(2)]
+        try:
+            wait_until(lambda: len(ex.workers()[0]) == 2, "2 workers' heartbeats")
+            learn_pace(ex, calls)
+            sizes = count_messages(ex, monkeypatch)
+            results = ex.map(record_call, range(120), [str(calls)] * 120, chunksize=10)
+            assert sum(sizes) == 12, "not all published by map itself"
+            assert len(sizes) >= 2 and max(sizes) <= 6, sizes
+            assert list(results) == [i * i for i in range(120)]
+            assert calls_per_item(calls) == {i: 1 for i in range(120)}
+        finally:
+            stop(workers)
+
+
 def test_a_lone_submit_is_published_before_submit_returns(tmp_path):
     """No burst: the caller publishes its own task, sparing the round trip
     through the publisher thread (a burst's later tasks still coalesce)."""

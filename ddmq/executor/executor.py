@@ -108,6 +108,11 @@ __all__ = ["DDMQExecutor", "BrokenDDMQExecutor", "TaskRejectedError", "WorkerLos
 
 log = logging.getLogger(__name__)
 
+#: ``map`` hands its chunks over to the publisher this many at a time (the
+#: first ones need not wait for the last to be pickled), each group spread
+#: over the workers as one bundle per worker where the tasks are quick.
+MAP_HAND_OVER = 64
+
 
 _executors: weakref.WeakSet[DDMQExecutor] = weakref.WeakSet()
 
@@ -325,10 +330,22 @@ class DDMQExecutor(Executor):
 
     def _submit(self, fn: Callable[..., Any], arglists: list[tuple[Any, ...]],
                 kwargs: list[dict[str, Any]] | None, single: bool,
-                keys: TaskKeys | None = None, sent: Any = None) -> TaskFuture:
-        """Submit the calls ``fn(*arglists[i], **kwargs[i])`` as one task;
-        ``sent``: what to pickle for ``fn`` (a :class:`PickledOnce` of it),
-        if not ``fn`` itself."""
+                keys: TaskKeys | None = None) -> TaskFuture:
+        """Submit the calls ``fn(*arglists[i], **kwargs[i])`` as one task."""
+        item = self._prepare(fn, arglists, kwargs, single, keys)
+        if isinstance(item, tuple):
+            self._hand_over([item])
+            return item[0].future
+        return item
+
+    def _prepare(self, fn: Callable[..., Any], arglists: list[tuple[Any, ...]],
+                 kwargs: list[dict[str, Any]] | None, single: bool,
+                 keys: TaskKeys | None = None, sent: Any = None
+                 ) -> tuple[TaskRecord, dict[str, Any]] | TaskFuture:
+        """The task of the calls ``fn(*arglists[i], **kwargs[i])`` and its
+        signed envelope, for :meth:`_hand_over`; or, if they cannot be
+        pickled, its future, failed. ``sent``: what to pickle for ``fn`` (a
+        :class:`PickledOnce` of it), if not ``fn`` itself."""
         self._check_open()
         task_id = f"{self._token}.{next(self._counter)}"
         future = TaskFuture(task_id, self._withdraw, self._timed_out)
@@ -345,20 +362,25 @@ class DDMQExecutor(Executor):
         code = getattr(fn, "__code__", None)  # two lambdas share a name, not a code object
         task.pace = task.fn_name if code is None else f"{task.fn_name}@{id(code):x}"
         doc.update(self._task_advice, fn=task.fn_name, calls=len(arglists))
+        return task, doc
+
+    def _hand_over(self, items: list[tuple[TaskRecord, dict[str, Any]]]) -> None:
+        """Put prepared tasks in the task table and have them published."""
         with self._submit_lock:
-            # In the table before it is published, for the quickest reply to
-            # find it; if the executor closed meanwhile, forget() takes it out
-            # and releases its spill file.
-            self._tasks.add(task)
+            # In the table before they are published, for the quickest reply
+            # to find them; if the executor closed meanwhile, forget() takes
+            # them out and releases their spill files.
+            for task, _ in items:
+                self._tasks.add(task)
             try:
                 self._check_open()
             except BaseException:
-                self._tasks.forget(task)
+                for task, _ in items:
+                    self._tasks.forget(task)
                 raise
-            lone = self._publisher.put(task, doc)
-        if lone:
-            self._publisher.publish_lone(task, doc)
-        return future
+            mine = self._publisher.put(items)
+        if mine:
+            self._publisher.publish_here(items)
 
     def _check_open(self) -> None:
         if self._broken:
@@ -407,12 +429,24 @@ class DDMQExecutor(Executor):
                 sent = PickledOnce(fn)
             except Exception:  # noqa: BLE001 (each chunk's future then says why)
                 sent = None
+        items: list[tuple[TaskRecord, dict[str, Any]]] = []
         try:
             for start in range(0, len(calls), chunksize):
-                futures.append(self._submit(fn, calls[start:start + chunksize], None, single=False,
-                                            keys=None if plan is None else
-                                            plan.task_keys(start, start + chunksize), sent=sent))
+                item = self._prepare(fn, calls[start:start + chunksize], None, single=False,
+                                     keys=None if plan is None else
+                                     plan.task_keys(start, start + chunksize), sent=sent)
+                if isinstance(item, tuple):
+                    items.append(item)
+                    item = item[0].future
+                futures.append(item)
+                if len(items) == MAP_HAND_OVER:
+                    self._hand_over(items)
+                    items = []
+            if items:
+                self._hand_over(items)
         except BaseException:
+            for task, doc in items:  # prepared, never handed over
+                self._spills.discard(doc, self.reply_queue)
             for future in futures:
                 future.cancel()
             raise

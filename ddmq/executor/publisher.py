@@ -13,9 +13,10 @@ instead of 10,000::
                        while publishing, more <---+
 
 A lone task (the publisher idle, and nothing handed over for
-:data:`LONE_GAP` seconds: not part of a burst) is published by the caller
-itself (:meth:`Publisher.publish_lone`), sparing a round trip through the
-thread; the tasks handed over meanwhile wait for it as above.
+:data:`LONE_GAP` seconds: not part of a burst), and the chunks of a ``map``
+(handed over together) while the publisher is idle, are published by the
+caller itself (:meth:`Publisher.publish_here`), sparing a round trip
+through the thread; the tasks handed over meanwhile wait for it as above.
 
 Only tasks known to be quick share a message (:class:`Pace`: the seconds
 per call of the function's last results, which workers report), at most
@@ -103,39 +104,41 @@ class Publisher(threading.Thread):
         self._stopping = False
         self._last_put = -math.inf
 
-    def put(self, task: TaskRecord, envelope: dict[str, Any]) -> bool:
-        """Publish ``task`` (already in the task table) soon. True: it is a
-        lone task (see the module docstring), the caller must publish it
-        now with :meth:`publish_lone` (outside its own locks)."""
+    def put(self, items: list[tuple[TaskRecord, dict[str, Any]]]) -> bool:
+        """Publish ``items`` (tasks already in the task table, with their
+        envelopes) soon. True: the publisher is idle and they are not part of
+        a burst (a map's chunks, or a lone task: see the module docstring);
+        the caller must publish them now with :meth:`publish_here` (outside
+        its own locks)."""
         with self._cond:
             now = time.monotonic()
-            lone = (not self._busy and not self._pending and not self._stopping
-                    and now - self._last_put >= LONE_GAP)
+            mine = (not self._busy and not self._pending and not self._stopping
+                    and (len(items) > 1 or now - self._last_put >= LONE_GAP))
             self._last_put = now
-            if lone:
+            if mine:
                 return True
-            self._pending.append((task, envelope))
+            self._pending.extend(items)
             self._cond.notify_all()
             return False
 
-    def publish_lone(self, task: TaskRecord, envelope: dict[str, Any]) -> None:
-        """Publish the lone task :meth:`put` gave back, in the caller's thread
-        (or hand it over after all, if another publication began meanwhile).
+    def publish_here(self, items: list[tuple[TaskRecord, dict[str, Any]]]) -> None:
+        """Publish the tasks :meth:`put` gave back, in the caller's thread
+        (or hand them over after all, if another publication began meanwhile).
 
-        Until this call, the task is neither pending nor being published: a
-        Ctrl-C in between leaves it unpublished, with nothing to wait for
-        (the interrupt cancels it as a task without a message)."""
+        Until this call, the tasks are neither pending nor being published: a
+        Ctrl-C in between leaves them unpublished, with nothing to wait for
+        (the interrupt cancels them as tasks without a message)."""
         with self._cond:
             if self._busy or self._pending or self._stopping:
-                self._pending.append((task, envelope))
+                self._pending.extend(items)
                 self._cond.notify_all()
                 return
             self._busy = True
         try:
-            if self._tasks.get(task.id) is not None:  # not cancelled meanwhile
-                self._publish([(task, envelope)])
-        except BaseException as err:  # e.g. Ctrl-C in the middle: the task fails, the caller sees err
-            self._fail_unpublished([task], err)
+            for group in self._groups(items):
+                self._publish(group)
+        except BaseException as err:  # e.g. Ctrl-C in the middle: the tasks fail, the caller sees err
+            self._fail_unpublished([task for task, _ in items], err)
             raise
         finally:
             with self._cond:
