@@ -103,6 +103,7 @@ class Publisher(threading.Thread):
         self._busy = False  # a publication is in progress (the thread's, or a caller's)
         self._stopping = False
         self._last_put = -math.inf
+        self._idle_waiters = 0  # callers waiting for the publication in progress to end
 
     def put(self, items: list[tuple[TaskRecord, dict[str, Any]]]) -> bool:
         """Publish ``items`` (tasks already in the task table, with their
@@ -118,7 +119,8 @@ class Publisher(threading.Thread):
             if mine:
                 return True
             self._pending.extend(items)
-            self._cond.notify_all()
+            if not self._busy:  # else the end of the publication in progress wakes the thread
+                self._cond.notify_all()
             return False
 
     def publish_here(self, items: list[tuple[TaskRecord, dict[str, Any]]]) -> None:
@@ -131,7 +133,8 @@ class Publisher(threading.Thread):
         with self._cond:
             if self._busy or self._pending or self._stopping:
                 self._pending.extend(items)
-                self._cond.notify_all()
+                if not self._busy:
+                    self._cond.notify_all()
                 return
             self._busy = True
         try:
@@ -141,10 +144,7 @@ class Publisher(threading.Thread):
             self._fail_unpublished([task for task, _ in items], err)
             raise
         finally:
-            with self._cond:
-                self._busy = False
-                self._last_put = time.monotonic()
-                self._cond.notify_all()
+            self._end_publication(by_caller=True)
 
     def withdraw(self, task: TaskRecord) -> bool | None:
         """Take ``task`` back if it is not published yet (True); None if it
@@ -155,8 +155,12 @@ class Publisher(threading.Thread):
                 if pending is task:
                     del self._pending[index]
                     return True
-            while self._busy and task.msg is None:
-                self._cond.wait(0.1)
+            self._idle_waiters += 1
+            try:
+                while self._busy and task.msg is None:
+                    self._cond.wait(0.1)
+            finally:
+                self._idle_waiters -= 1
             return None if task.msg is not None else False
 
     def take_pending(self) -> list[TaskRecord]:
@@ -165,8 +169,12 @@ class Publisher(threading.Thread):
         with self._cond:
             taken = [task for task, _ in self._pending]
             self._pending = []
-            while self._busy:
-                self._cond.wait(0.1)
+            self._idle_waiters += 1
+            try:
+                while self._busy:
+                    self._cond.wait(0.1)
+            finally:
+                self._idle_waiters -= 1
         return taken
 
     def republish(self, envelopes: list[dict[str, Any]], msg_id: str) -> None:
@@ -203,9 +211,17 @@ class Publisher(threading.Thread):
                 log.exception("the publisher thread failed")
                 self._fail_unpublished([task for task, _ in batch], err)
             finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+                self._end_publication(by_caller=False)
+
+    def _end_publication(self, by_caller: bool) -> None:
+        """A publication ended: wake whoever has something to do now (a
+        wake-up for nothing costs the caller a switch to the thread and back)."""
+        with self._cond:
+            self._busy = False
+            if by_caller:
+                self._last_put = time.monotonic()
+            if self._pending or self._stopping or self._idle_waiters:
+                self._cond.notify_all()
 
     def _groups(self, batch: list[tuple[TaskRecord, dict[str, Any]]]
                 ) -> list[list[tuple[TaskRecord, dict[str, Any]]]]:

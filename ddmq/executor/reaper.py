@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, TypeVar
@@ -64,6 +65,11 @@ FULL_CHECK_SECONDS = 30.0
 #: The signal the keeper sends the worker's main thread to stop a dropped
 #: task's call. Its default action is to ignore it, so a stray one is harmless.
 DROP_SIGNAL = signal.SIGURG
+
+#: signal.getsignal wraps its answer in an enum (2 us, once per task): ask
+#: CPython's C module (which the signal module imports) directly.
+_getsignal: Callable[[int], object] = getattr(sys.modules.get("_signal"), "getsignal",
+                                              signal.getsignal)
 #: Seconds transient filesystem errors are retried by these looks.
 _RETRY = 5.0
 
@@ -253,7 +259,7 @@ class OrphanTasks:
         """``call()``, the calls of task ``task`` (message ``msg``); None if
         the keeper dropped the task meanwhile (its outcome is not to be sent)."""
         if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(DROP_SIGNAL) != self._on_signal):
+                and _getsignal(DROP_SIGNAL) != self._on_signal):
             signal.signal(DROP_SIGNAL, self._on_signal)
         with self._lock:
             self._current, self._dropped, self._raised = (msg, task, reply), None, False
@@ -316,7 +322,7 @@ class OrphanTasks:
     def _interrupt(self) -> None:
         """Have the main thread raise TaskDropped in the call, if it still runs
         it and no task replaced the handler (then its outcome is just dropped)."""
-        if self._in_call and signal.getsignal(DROP_SIGNAL) == self._on_signal:
+        if self._in_call and _getsignal(DROP_SIGNAL) == self._on_signal:
             main = threading.main_thread().ident
             if main is not None:
                 signal.pthread_kill(main, DROP_SIGNAL)
