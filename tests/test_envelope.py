@@ -14,10 +14,10 @@ import pickle
 
 import pytest
 
-from ddmq.executor import spill
+from ddmq.executor import envelope, spill
 from ddmq.executor.envelope import (INLINE_MAX, VERSION, Calls, Result, Refusal, check_task,
                                     dump_result, dump_task, failure, load_refusal, load_result,
-                                    load_task, rebuild, reply_envelopes, sign)
+                                    load_task, rebuild, reply_envelopes, sign_payload)
 from ddmq.executor.errors import PayloadMissingError, RemoteTraceback, SignatureError
 from ddmq.executor.spill import SpillStore
 from ddmq.layout import SPARE_PREFIX
@@ -91,6 +91,44 @@ def test_large_payloads_travel_in_spill_files(tmp_path):
     assert not os.path.exists(os.path.join(folder, doc["file"]))  # released once read
 
 
+def test_spilled_payloads_are_signed_with_poly1305_each_under_its_own_key(tmp_path):
+    # Poly1305 must never see two messages under one key: a task's result
+    # sent twice (a rerun after a lost lease) gets two nonces, two keys.
+    store = SpillStore(tmp_path)
+    store.create(REPLY)
+    big = os.urandom(2 * INLINE_MAX)
+    first = dump_result(SECRET, "t.1", REPLY, "host:1", [big], [], store)
+    again = dump_result(SECRET, "t.1", REPLY, "host:2", [big[::-1]], [], store)
+    assert first["mac"] == again["mac"] == envelope.PAYLOAD_MAC == "poly1305"
+    assert first["n"] != again["n"] and first["sig"] != again["sig"]
+    assert load_result(SECRET, REPLY, first, store).values == [big]
+    assert load_result(SECRET, REPLY, again, store).values == [big[::-1]]
+    small = dump_result(SECRET, "t.1", REPLY, "host:1", [1], [], store)
+    assert "payload" in small and small["mac"] == "hmac-sha256" and len(small["sig"]) == 64
+
+
+def test_without_poly1305_payloads_are_signed_with_hmac_and_poly1305_ones_refused_clearly(
+        tmp_path, canary, monkeypatch):
+    """An OpenSSL in FIPS mode has no Poly1305: such a process signs with
+    HMAC-SHA256 (which every process checks), and refuses, saying why, the
+    Poly1305 payloads it cannot check."""
+    store = SpillStore(tmp_path)
+    store.create(REPLY)
+    padding = bytes(2 * INLINE_MAX)
+    signed_with_poly1305 = dump_result(SECRET, "t.1", REPLY, "host:1", [Canary(canary), padding],
+                                       [], store)
+    assert signed_with_poly1305["mac"] == "poly1305"
+    monkeypatch.setattr(envelope, "Poly1305", None)
+    monkeypatch.setattr(envelope, "PAYLOAD_MAC", "hmac-sha256")
+    with pytest.raises(SignatureError, match="Poly1305, which this process cannot check"):
+        load_result(SECRET, REPLY, signed_with_poly1305, store)
+    assert not os.path.exists(canary)
+    doc = dump_task(SECRET, "t.2", REPLY, add, [(padding,)], None, store)
+    assert "file" in doc and doc["mac"] == "hmac-sha256" and len(doc["sig"]) == 64
+    monkeypatch.undo()  # a process with Poly1305 checks it too
+    assert load_task(check_task(SECRET, doc, tmp_path).payload) == Calls(add, [(padding,)], None)
+
+
 class Unrebuildable(Exception):
     """Pickles, but cannot be unpickled: its __init__ wants two arguments."""
 
@@ -146,8 +184,8 @@ def _flip_payload(doc):
 def _resign(secret):
     def tamper(doc):
         reply = doc.get("reply", REPLY)
-        doc["sig"] = sign(secret, "task" if "reply" in doc else "result", doc["task"], reply,
-                          base64.b64decode(doc["payload"]))
+        doc["sig"] = sign_payload(secret, "task" if "reply" in doc else "result", doc["task"],
+                                  reply, doc["n"], base64.b64decode(doc["payload"]), doc["mac"])
     return tamper
 
 
@@ -155,6 +193,11 @@ TAMPERINGS = {
     "flipped payload byte": _flip_payload,
     "other secret": _resign(OTHER),
     "unsigned": lambda doc: doc.pop("sig"),
+    "other nonce": lambda doc: doc.update(n="0" * 32),
+    "no nonce": lambda doc: doc.pop("n"),
+    "MAC named otherwise": lambda doc: doc.update(mac="hmac-sha256" if doc["mac"] == "poly1305"
+                                                  else "poly1305"),
+    "unknown MAC": lambda doc: doc.update(mac="none"),
     "empty signature": lambda doc: doc.update(sig=""),
     "other version": lambda doc: doc.update(v=1),
     "other task id": lambda doc: doc.update(task="t.2"),

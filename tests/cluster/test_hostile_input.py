@@ -375,7 +375,8 @@ def tamperings(draw):
 
         def tamper(doc):
             reply = doc.get("reply", "reply-1")
-            doc["sig"] = payload.sign(other, kind, doc["task"], reply, base64.b64decode(doc["payload"]))
+            doc["sig"] = payload.sign_payload(other, kind, doc["task"], reply, doc["n"],
+                                              base64.b64decode(doc["payload"]), doc["mac"])
         return kind, kind, how, tamper
     if how == "unsigned":
         return kind, kind, how, lambda doc: doc.pop("sig")
