@@ -30,7 +30,8 @@ from .delivery import Delivery
 from .errors import (FilesystemError, InvalidMessageError, InvalidNameError, LeaseLostError,
                      MessageNotFoundError)
 from .housekeeping import Housekeeper
-from .layout import DEAD, DEAD_REASONS, WORK, DeadName, WaitingName, WorkName, check_queue_name, message_id
+from .layout import (DEAD, DEAD_REASONS, WORK, DeadName, WaitingName, WorkName, check_queue_name,
+                     message_id, new_message_id)
 from .listing import Listings
 from .message import MAX_NUMBER, MAX_TIMEOUT, Message, next_queue_number, short_repr
 from .root import Root
@@ -166,7 +167,7 @@ class Broker:
         if priority is None:
             priority = settings["priority"]
         msg = Message(queue=queue, message="" if msg_text is None else msg_text,
-                      timeout=timeout, id=msg_id or os.urandom(16).hex(), priority=priority,
+                      timeout=timeout, id=msg_id or new_message_id(), priority=priority,
                       queue_number=next_queue_number(), requeue=requeue,
                       requeue_limit=requeue_limit, requeue_prio=requeue_prio)
         self._delivery.write_waiting(queue, folder, msg, settings)

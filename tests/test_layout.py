@@ -310,6 +310,24 @@ def _token_and_tag():
     return layout.unique_token(), layout.claimer_tag()
 
 
+def test_new_message_ids_are_hex_of_ddmq_09s_form_and_differ_between_forked_processes():
+    import multiprocessing
+    ids = [layout.new_message_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    for msg_id in ids:
+        assert len(msg_id) == 32 and all(c in "0123456789abcdef" for c in msg_id)
+        assert WaitingName.parse(WaitingName(2, 5, msg_id).format()).id == msg_id
+    layout.new_message_id()  # the parent's generator has moved on: a child must not follow it
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        theirs = pool.starmap(_message_ids, [()] * 4)
+    drawn = [i for batch in theirs for i in batch] + [layout.new_message_id() for _ in range(5)]
+    assert len(set(drawn)) == len(drawn), "a forked child drew its parent's ids"
+
+
+def _message_ids():
+    return [layout.new_message_id() for _ in range(5)]
+
+
 def test_host_has_no_separator():
     assert layout.HOST and "." not in layout.HOST and os.sep not in layout.HOST
 

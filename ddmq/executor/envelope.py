@@ -72,6 +72,7 @@ import traceback
 from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from ..errors import UnsafeFileError
+from ..layout import unique_token
 from . import pickling
 from .errors import PayloadMissingError, RemoteTraceback, SignatureError
 from .spill import SpillStore, SpillWriter, payload_path, read_payload, spill_folder, valid_name
@@ -274,7 +275,8 @@ class _Sink:
 
     def _start_mac(self, mac: str) -> _Mac:
         doc = self._doc
-        doc["mac"], doc["n"] = mac, secrets.token_hex(16)
+        # unique_token, not os.urandom: no system call (it lets the other threads in)
+        doc["mac"], doc["n"] = mac, unique_token()
         self._mac = _payload_mac(self._secret, self._kind, doc["task"], self._reply, doc["n"], mac)
         return self._mac
 
