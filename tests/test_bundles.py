@@ -131,12 +131,16 @@ def test_killing_workers_in_the_middle_of_bundles_loses_no_task(tmp_path):
     calls = tmp_path / "calls"
     calls.mkdir()
     root = tmp_path / "root"
+    gate = str(tmp_path / "gate")
     workers = [start_worker(root) for _ in range(3)]
     killed = 0
     try:
         with executor(root, retries=10) as ex:
             learn_pace(ex, calls)
-            futures = [ex.submit(record_call, i, str(calls)) for i in range(3000)]
+            # The last thousand wait for the gate, opened after the fourth
+            # kill: however quick the workers, the kills come mid-run.
+            futures = [ex.submit(record_call, i, str(calls), gate if i >= 2000 else "")
+                       for i in range(3000)]
             while not all(f.done() for f in futures):
                 time.sleep(0.05)
                 if killed < 4 and len(os.listdir(calls)) > 300 * (killed + 1):
@@ -144,6 +148,8 @@ def test_killing_workers_in_the_middle_of_bundles_loses_no_task(tmp_path):
                     workers[killed % 3].wait(LONG)
                     workers[killed % 3] = start_worker(root)
                     killed += 1
+                    if killed == 4:
+                        open(gate, "x").close()
             assert [f.result(timeout=LONG) for f in futures] == [i * i for i in range(3000)]
     finally:
         stop(workers)
