@@ -69,7 +69,6 @@ import itertools
 import logging
 import math
 import os
-import pickle
 import secrets
 import threading
 import time
@@ -85,11 +84,10 @@ from . import heartbeat, watchdog
 from .attach import AttachedRun
 from .collector import Collector
 from .drivers import reply_queue_name
-from .envelope import dump_task
 from .interrupt import exit_after_interrupt, stop_on_interrupt
 from .errors import BrokenDDMQExecutor, TaskRejectedError, WorkerLostError
 from .environment import EnvironmentCheck, versions
-from .pickling import PickledOnce, callable_name
+from .pickling import PickledOnce
 from .pool import WORKER_STOP_TIMEOUT, LocalPool
 from .publisher import Publisher
 from .reaper import DriverUpkeep
@@ -97,7 +95,7 @@ from .callkeys import TaskKeys
 from .options import check_options
 from .secret import load_secret
 from .spill import SpillStore
-from .tasks import TaskFuture, TaskRecord, TaskTable
+from .tasks import TaskFuture, TaskRecord, TaskTable, new_task
 from .withdraw import withdraw_task
 
 if TYPE_CHECKING:
@@ -319,20 +317,14 @@ class DDMQExecutor(Executor):
 
     def _submit_call(self, fn: Callable[..., Any], args: tuple[Any, ...],
                      kwargs: dict[str, Any], explicit: list[Any] | None) -> Future:
-        if self._run is None:
-            return self._submit(fn, [args], [kwargs] if kwargs else None, single=True)
-        self._check_open()
-        plan = self._run.plan(fn, [args], [kwargs] if kwargs else None, explicit)
-        if plan.sources is not None:  # in the run, or in a task of its last driver
-            return plan.future()
-        return self._submit(fn, [args], [kwargs] if kwargs else None, single=True,
-                            keys=plan.task_keys(0, 1))
-
-    def _submit(self, fn: Callable[..., Any], arglists: list[tuple[Any, ...]],
-                kwargs: list[dict[str, Any]] | None, single: bool,
-                keys: TaskKeys | None = None) -> TaskFuture:
-        """Submit the calls ``fn(*arglists[i], **kwargs[i])`` as one task."""
-        item = self._prepare(fn, arglists, kwargs, single, keys)
+        keys = None
+        if self._run is not None:
+            self._check_open()
+            plan = self._run.plan(fn, [args], [kwargs] if kwargs else None, explicit)
+            if plan.sources is not None:  # in the run, or in a task of its last driver
+                return plan.future()
+            keys = plan.task_keys(0, 1)
+        item = self._prepare(fn, [args], [kwargs] if kwargs else None, True, keys)
         if isinstance(item, tuple):
             self._hand_over([item])
             return item[0].future
@@ -342,41 +334,24 @@ class DDMQExecutor(Executor):
                  kwargs: list[dict[str, Any]] | None, single: bool,
                  keys: TaskKeys | None = None, sent: Any = None
                  ) -> tuple[TaskRecord, dict[str, Any]] | TaskFuture:
-        """The task of the calls ``fn(*arglists[i], **kwargs[i])`` and its
-        signed envelope, for :meth:`_hand_over`; or, if they cannot be
-        pickled, its future, failed. ``sent``: what to pickle for ``fn`` (a
-        :class:`PickledOnce` of it), if not ``fn`` itself."""
+        """A new task of this executor (see :func:`.tasks.new_task`), for :meth:`_hand_over`."""
         self._check_open()
         task_id = f"{self._token}.{next(self._counter)}"
-        future = TaskFuture(task_id, self._withdraw, self._timed_out)
-        try:
-            doc = dump_task(self._secret, task_id, self.reply_queue,
-                            fn if sent is None else sent, arglists, kwargs,
-                            self._spills, None if keys is None else keys.encode())
-        except pickle.PicklingError as err:
-            future.set_exception(err)
-            return future
-        task = TaskRecord(task_id, future, len(arglists), single, callable_name(fn),
-                          self._spills.file_of(doc, self.reply_queue))
-        task.keys = keys
-        code = getattr(fn, "__code__", None)  # two lambdas share a name, not a code object
-        task.pace = task.fn_name if code is None else f"{task.fn_name}@{id(code):x}"
-        doc.update(self._task_advice, fn=task.fn_name, calls=len(arglists))
-        return task, doc
+        return new_task(TaskFuture(task_id, self._withdraw, self._timed_out), fn, arglists,
+                        kwargs, single, keys, sent, self._secret, self.reply_queue,
+                        self._spills, self._task_advice)
 
     def _hand_over(self, items: list[tuple[TaskRecord, dict[str, Any]]]) -> None:
         """Put prepared tasks in the task table and have them published."""
         with self._submit_lock:
-            # In the table before they are published, for the quickest reply
-            # to find them; if the executor closed meanwhile, forget() takes
-            # them out and releases their spill files.
+            # In the table before they are published, for the quickest reply to find them.
             for task, _ in items:
                 self._tasks.add(task)
             try:
                 self._check_open()
             except BaseException:
                 for task, _ in items:
-                    self._tasks.forget(task)
+                    self._tasks.forget(task)  # and their spill files
                 raise
             mine = self._publisher.put(items)
         if mine:
@@ -418,17 +393,12 @@ class DDMQExecutor(Executor):
                                   [key(*args) for args in calls], iterables)
             calls = plan.arglists  # those to publish (see .attach)
         if chunksize is None:
-            chunksize = self._auto_chunksize(len(calls))
+            chunksize = watchdog.map_chunksize(self, len(calls))
         futures: list[TaskFuture] = []
         with self._map_lock:
             self._mapping += 1
             self._collect_now.clear()
-        sent = None
-        if len(calls) > chunksize:  # several chunks: pickle the function once for all
-            try:
-                sent = PickledOnce(fn)
-            except Exception:  # noqa: BLE001 (each chunk's future then says why)
-                sent = None
+        sent = PickledOnce.of(fn) if len(calls) > chunksize else None  # once for all chunks
         items: list[tuple[TaskRecord, dict[str, Any]]] = []
         try:
             for start in range(0, len(calls), chunksize):
@@ -459,10 +429,6 @@ class DDMQExecutor(Executor):
         if plan is not None and plan.sources is not None:
             return plan.results(futures, chunksize, end_time)
         return _results(futures, end_time)
-
-    def _auto_chunksize(self, n: int) -> int:
-        chunksize, extra = divmod(n, watchdog.serving_workers(self) * 4)
-        return max(1, chunksize + (1 if extra else 0))
 
     def workers(self) -> tuple[list[heartbeat.WorkerRecord], list[heartbeat.WorkerRecord]]:
         """(live, lost) workers of this executor's queue, from their heartbeats."""

@@ -80,6 +80,15 @@ class PickledOnce:
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
         return loads, (self.data,)
 
+    @staticmethod
+    def of(fn: Any) -> PickledOnce | None:
+        """``fn`` pickled once; None if it cannot be pickled (each task that
+        carries it then says why, when pickled on its own)."""
+        try:
+            return PickledOnce(fn)
+        except Exception:  # noqa: BLE001 (whatever pickling raises)
+            return None
+
 
 def _dumps_first(value: Any) -> bytes:
     """``value`` pickled by the first of :func:`picklers` that can."""

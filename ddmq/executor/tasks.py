@@ -12,13 +12,16 @@ its future; everyone else finds it gone and does nothing.
 
 from __future__ import annotations
 
+import pickle
 import threading
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FuturesTimeoutError  # builtin TimeoutError since 3.11
 from typing import Any, Callable
 
 from ..message import Message
+from .envelope import dump_task
 from .errors import BrokenDDMQExecutor
+from .pickling import callable_name
 from .callkeys import TaskKeys
 from .spill import SpillStore
 
@@ -188,3 +191,27 @@ def settle(future: Future, value: Any, error: BaseException | None) -> None:
             future.set_exception(error)
     except InvalidStateError:
         pass
+
+
+def new_task(future: TaskFuture, fn: Callable[..., Any], arglists: list[tuple[Any, ...]],
+             kwargs: list[dict[str, Any]] | None, single: bool, keys: TaskKeys | None,
+             sent: Any, secret: bytes, reply: str, spills: SpillStore,
+             advice: dict[str, Any]) -> tuple[TaskRecord, dict[str, Any]] | TaskFuture:
+    """The task of the calls ``fn(*arglists[i], **kwargs[i])`` (its id is
+    ``future``'s) and its signed envelope, for the reply queue ``reply``; or,
+    if they cannot be pickled, ``future``, failed. ``sent``: what to pickle
+    for ``fn`` (a :class:`~.pickling.PickledOnce` of it), if not ``fn`` itself;
+    ``advice``: fields every envelope of the executor carries."""
+    try:
+        doc = dump_task(secret, future._task_id, reply, fn if sent is None else sent, arglists,
+                        kwargs, spills, None if keys is None else keys.encode())
+    except pickle.PicklingError as err:
+        future.set_exception(err)
+        return future
+    task = TaskRecord(future._task_id, future, len(arglists), single, callable_name(fn),
+                      spills.file_of(doc, reply))
+    task.keys = keys
+    code = getattr(fn, "__code__", None)  # two lambdas share a name, not a code object
+    task.pace = task.fn_name if code is None else f"{task.fn_name}@{id(code):x}"
+    doc.update(advice, fn=task.fn_name, calls=len(arglists))
+    return task, doc

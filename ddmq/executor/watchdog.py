@@ -116,6 +116,13 @@ def serving_workers(executor: DDMQExecutor) -> int:
     return workers
 
 
+def map_chunksize(executor: DDMQExecutor, n: int) -> int:
+    """``map``'s default chunk size for ``n`` calls: about ``n / (4 *
+    workers)``, as ``multiprocessing.Pool.map`` does (see :func:`serving_workers`)."""
+    chunksize, extra = divmod(n, serving_workers(executor) * 4)
+    return max(1, chunksize + (1 if extra else 0))
+
+
 def timeout_error(executor: DDMQExecutor, timeout: float | None) -> ResultTimeoutError:
     """The error of a result not ready after ``timeout`` s: where the tasks of ``executor`` stand."""
     unresolved = len(executor._tasks)
