@@ -3,7 +3,8 @@
 Unpickling is code execution, so nothing read from a queue is unpickled
 before its signature has been checked. A signature is keyed with the root's
 secret (:mod:`ddmq.executor.secret`) and covers the kind of envelope, the
-task id, the reply queue, a random nonce of the envelope's own and the
+task id, the reply queue, a nonce no other envelope has (a
+:func:`~ddmq.layout.unique_token`) and the
 pickled bytes: only who can read the secret can make a payload that a worker
 or an executor will unpickle. An inline payload (at most :data:`INLINE_MAX`
 bytes, mostly a few hundred) is signed with HMAC-SHA256. A payload in a spill
