@@ -217,10 +217,10 @@ def _header(kind: str, task: str, reply: str) -> bytes:
 
 
 def _payload_mac(secret: bytes, kind: str, task: str, reply: str, nonce: str,
-                 mac: str = PAYLOAD_MAC) -> _Mac:
-    """The MAC of one payload, fed its header; the payload bytes follow.
-    Poly1305's one-time key is the HMAC-SHA256 of the header and the
-    envelope's ``nonce`` (random: one key per payload)."""
+                 mac: str) -> _Mac:
+    """The MAC ``mac`` of one payload, fed its header; the payload bytes
+    follow. Poly1305's one-time key is the HMAC-SHA256 of the header and the
+    envelope's ``nonce`` (no two envelopes share one: one key per payload)."""
     header = _header(kind, task, reply) + nonce.encode("ascii")
     if mac == "poly1305":
         return _Poly1305Mac(hmac.digest(secret, header, "sha256"))
@@ -228,7 +228,7 @@ def _payload_mac(secret: bytes, kind: str, task: str, reply: str, nonce: str,
 
 
 def sign_payload(secret: bytes, kind: str, task: str, reply: str, nonce: str,
-                 payload: bytes | bytearray, mac: str = PAYLOAD_MAC) -> str:
+                 payload: bytes | bytearray, mac: str) -> str:
     """Hex MAC (``mac``: one of :data:`PAYLOAD_MACS`) of one envelope whose
     pickled payload is ``payload``."""
     signer = _payload_mac(secret, kind, task, reply, nonce, mac)

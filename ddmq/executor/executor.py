@@ -410,12 +410,13 @@ class DDMQExecutor(Executor):
                     item = item[0].future
                 futures.append(item)
                 if len(items) == MAP_HAND_OVER:
-                    self._hand_over(items)
-                    items = []
+                    batch, items = items, []  # _hand_over releases their spill files if it fails
+                    self._hand_over(batch)
             if items:
-                self._hand_over(items)
+                batch, items = items, []
+                self._hand_over(batch)
         except BaseException:
-            for task, doc in items:  # prepared, never handed over
+            for _, doc in items:  # prepared, never handed over
                 self._spills.discard(doc, self.reply_queue)
             for future in futures:
                 future.cancel()
