@@ -41,3 +41,12 @@ def sleep100(x: Any) -> Any:
     """100 ms of waiting (benchmarks/many_workers.py)."""
     time.sleep(0.1)
     return x
+
+
+def slow_noting_start(x: int, seconds: float, folder: str) -> int:
+    """Note when this call started in ``folder/x.PID``, then wait ``seconds``
+    (benchmarks/slow_after_quick.py)."""
+    with open(os.path.join(folder, f"{x}.{os.getpid()}"), "w", encoding="utf-8") as handle:
+        handle.write(repr(time.time()))
+    time.sleep(seconds)
+    return x

@@ -3,8 +3,10 @@
 Real executors, real worker processes, real signals: each task runs exactly
 once (a killed worker's bundle aside), a cancelled call of a bundle never
 runs while its siblings do, a worker stopped in the middle of a bundle gives
-back only the tasks it has not started, and a bundle with one forged task is
-refused whole, every one of its futures told why.
+back only the tasks it has not started, messages claimed with a slow one are
+given back while it runs, a cancel finds the calls of a bundle given back
+and only those, and a bundle with one forged task is refused whole, every
+one of its futures told why.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -22,8 +26,9 @@ import pytest
 import ddmq
 from ddmq.executor import DDMQExecutor, TaskRejectedError
 from ddmq.executor.publisher import BUNDLE_MAX, BUNDLE_SECONDS
+from ddmq.layout import message_id
 
-from test_executor import LONG, evil_payload, published, start_worker
+from test_executor import HERE, LONG, REPO, evil_payload, published, start_worker, waiting_and_work
 
 
 def record_call(i: int, calls: str, gate: str = "") -> int:
@@ -90,6 +95,20 @@ def learn_pace(ex, calls) -> None:
         if per_call and per_call[0] < BUNDLE_SECONDS / 10:
             return
     raise AssertionError(f"record_call never looked quick: {ex._publisher.pace._per_call}")
+
+
+def burst_of_bundles(ex, root, calls, monkeypatch, count: int, gate=lambda i: "") -> list:
+    """The futures of ``count`` calls of :func:`record_call` (call ``i``
+    gated by ``gate(i)``) submitted in a burst, and published as bundles
+    while no worker runs (one learns their pace first)."""
+    worker = start_worker(root)
+    learn_pace(ex, calls)
+    stop([worker])
+    sizes = count_messages(ex, monkeypatch, slow=0.005)
+    futures = [ex.submit(record_call, i, str(calls), gate(i)) for i in range(count)]
+    wait_until(lambda: sum(sizes) == count, "the burst to be published")
+    assert max(sizes) > 1, f"a burst of {count} quick submits made no bundle"
+    return futures
 
 
 def wait_until(condition, what: str, timeout: float = LONG) -> None:
@@ -166,13 +185,7 @@ def test_cancel_of_one_call_of_a_bundle_leaves_the_others_to_run(tmp_path, monke
     calls.mkdir()
     root = tmp_path / "root"
     with executor(root) as ex:
-        worker = start_worker(root)
-        learn_pace(ex, calls)
-        stop([worker])
-        sizes = count_messages(ex, monkeypatch, slow=0.005)
-        futures = [ex.submit(record_call, i, str(calls)) for i in range(400)]
-        wait_until(lambda: sum(sizes) == 400, "the burst to be published")
-        assert max(sizes) > 1, "a burst of 400 quick submits made no bundle"
+        futures = burst_of_bundles(ex, root, calls, monkeypatch, 400)
         b = ddmq.broker(root)
         waiting, _ = b.get_message_list(ex.queue)
         bodies = {name: json.load(open(os.path.join(ex.root, ex.queue, name)))["message"]
@@ -252,6 +265,97 @@ def test_a_worker_stopped_in_the_middle_of_a_bundle_gives_back_only_what_it_has_
     # Call 150 ran twice (given back while it ran); every other once, the ones
     # answered before the signal included.
     assert counts == {i: 2 if i == 150 else 1 for i in range(300)}
+
+
+#: A worker as one that just ran quick tasks: it claims up to MAX_BATCH task
+#: messages at once (a new worker claims one, and more only after quick tasks).
+EAGER_WORKER = ("import sys; from ddmq.executor.worker import MAX_BATCH, Worker; "
+                "w = Worker(sys.argv[1], heartbeat=0.5); w._batch = MAX_BATCH; sys.exit(w.run())")
+
+
+def ran_where(calls) -> dict[int, str]:
+    """The pid each call ran in (by the files it left; each call once)."""
+    return {int(name.split(".")[0]): name.split(".")[1] for name in os.listdir(calls)
+            if not name.startswith("-1.")}
+
+
+def test_messages_claimed_with_a_slow_task_are_given_back_while_it_runs(tmp_path):
+    """A worker that claimed several task messages gives back those it has
+    not started once they would wait over HOARD_SECONDS behind a slow one,
+    while that one runs. Here call 0 waits until every other call has run,
+    which only another worker can do: held behind it, they would wait for it
+    as it waits for them. Each call runs once."""
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    gate = tmp_path / "gate"
+    root = tmp_path / "root"
+    count = 8  # claimed in one batch
+    workers = []
+    try:
+        with executor(root) as ex:
+            # Calls of a function not seen yet: one message each.
+            futures = [ex.submit(record_call, i, str(calls), str(gate) if i == 0 else "")
+                       for i in range(count)]
+            published(ex, count)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [REPO, HERE, os.environ.get("PYTHONPATH", "")]))
+            workers.append(subprocess.Popen([sys.executable, "-c", EAGER_WORKER, str(root)],
+                                            env=env))
+            wait_until(lambda: not waiting_and_work(ex)[0], "the worker to claim every task")
+            wait_until(lambda: any(n.startswith("0.") for n in os.listdir(calls)),
+                       "call 0 to start")
+            workers.append(start_worker(root))
+            # (sooner than call 0 gives up waiting for its gate, after LONG s)
+            wait_until(lambda: len(ran_where(calls)) == count, "the other calls to run", LONG / 2)
+            gate.touch()
+            assert [f.result(timeout=LONG) for f in futures] == [i * i for i in range(count)]
+    finally:
+        stop(workers)
+    assert calls_per_item(calls) == {i: 1 for i in range(count)}
+    where = ran_where(calls)
+    assert where[0] == str(workers[0].pid)
+    assert str(workers[1].pid) in set(where.values()), where
+
+
+def test_cancel_finds_the_rest_of_a_bundle_given_back_not_the_calls_that_ran(
+        tmp_path, monkeypatch):
+    """A worker gives back the rest of a bundle (a new message under the
+    bundle's id) before it acks the bundle. In between, a cancel finds that
+    message by the id: it withdraws a call that is in it, and refuses one
+    that is not (it ran, or runs: concurrent.futures says cancel() is then
+    False), leaving the message as it was. Here the test is the worker: it
+    claims a bundle, gives back all but its first call, then the first call
+    too, and acks the bundle, as a worker does when its grace period ends."""
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    root = tmp_path / "root"
+    with executor(root) as ex:
+        futures = burst_of_bundles(ex, root, calls, monkeypatch, 200)
+        index_of = {f._task_id: i for i, f in enumerate(futures)}
+        b = ddmq.broker(root)
+        for name in b.get_message_list(ex.queue)[0]:  # the lone tasks withdrawn: a bundle is first
+            body = json.load(open(os.path.join(ex.root, ex.queue, name)))["message"]
+            if not isinstance(body, list):
+                assert futures[index_of[body["task"]]].cancel() is True
+        claimed = b.consume(ex.queue)
+        first, *rest = claimed.message
+        b.publish(ex.queue, rest if len(rest) > 1 else rest[0], msg_id=claimed.id)
+        running = index_of[first["task"]]
+        assert futures[running].cancel() is False and not futures[running].cancelled()
+        victim = index_of[rest[0]["task"]]
+        assert futures[victim].cancel() is True and futures[victim].cancelled()
+        b.publish(ex.queue, first, msg_id=claimed.id)
+        b.ack(claimed)
+        worker = start_worker(root)
+        try:
+            for i, future in enumerate(futures):
+                if not future.cancelled():
+                    assert future.result(timeout=LONG) == i * i
+        finally:
+            stop([worker])
+    cancelled = {i for i, future in enumerate(futures) if future.cancelled()}
+    assert victim in cancelled and running not in cancelled
+    assert calls_per_item(calls) == {i: 1 for i in range(200) if i not in cancelled}
 
 
 def test_a_bundle_with_one_forged_task_is_refused_whole(tmp_path):

@@ -9,7 +9,12 @@ seconds and:
   is never handed to a second worker; a lease found lost is logged, and the
   task's result is still sent (the executor keeps the first one);
 - sends the answers of the batch's earlier tasks when the running task is
-  slow, so that they do not wait for it;
+  slow, so that they do not wait for it, and gives back the messages claimed
+  with it and not started once they would wait longer than
+  :data:`~ddmq.executor.bundle.HOARD_SECONDS` at its pace so far (a worker
+  that just ran quick tasks claims a batch; without this, the slow tasks
+  among them would wait for the first to end, their leases not extended,
+  while other workers sit idle);
 - keeps the heartbeat record current (:meth:`Heartbeat.keep
   <ddmq.executor.heartbeat.Heartbeat.keep>`): rewritten when the worker's
   state or task changed (coalesced, at most one rewrite a second), its time
@@ -38,6 +43,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import DdmqError, LeaseLostError
 from ..message import Message
+from .bundle import HOARD_SECONDS, Bundle
 from .heartbeat import STATE_SPACING
 
 if TYPE_CHECKING:
@@ -51,19 +57,25 @@ KEEPER_TICK = 0.5
 #: the record fresh, and for its parent): an idle worker costs less CPU. The main
 #: thread wakes the keeper when a task starts.
 KEEPER_IDLE_TICK = 5.0
+#: A running task is not judged slow before it has run this long (s), however
+#: many tasks wait behind it: a pause of the whole process (a busy machine, a
+#: garbage collection) would otherwise give back a bundle of a thousand quick
+#: tasks for nothing.
+SLOW_AFTER = 0.1
 
 
 class RunningTask:
     """The task the worker's main thread runs: its message, its lease, and
     whether the lease was lost. Changed under the worker's lock."""
 
-    __slots__ = ("msg", "task", "lease", "next_extend", "lease_lost")
+    __slots__ = ("msg", "task", "lease", "began", "next_extend", "lease_lost")
 
     def __init__(self, msg: Message, task: str, lease: float):
         self.msg = msg
         self.task = task
         self.lease = lease
-        self.next_extend = time.monotonic() + lease / 3
+        self.began = time.monotonic()
+        self.next_extend = self.began + lease / 3
         self.lease_lost = False
 
 
@@ -87,7 +99,9 @@ class Keeper(threading.Thread):
         """The main thread started a task: if the keeper dozes, wake it so the
         record says "running" soon, but at most once per STATE_SPACING (the
         record is not rewritten more often anyway). Waking the keeper for
-        every quick task made each task wait on a thread switch."""
+        every quick task made each task wait on a thread switch. A woken
+        keeper does not doze again within that STATE_SPACING (see _tick), so
+        a task started meanwhile is still looked at within KEEPER_TICK."""
         now = time.monotonic()
         if self.dozing and now >= self._next_nudge:
             self._next_nudge = now + STATE_SPACING
@@ -128,6 +142,9 @@ class Keeper(threading.Thread):
                 self._extend(running, now)
             if running is not None and worker._stopping and now >= worker._stop_deadline:
                 worker._give_back_and_exit(running)
+            held = self._release_held(running, now) if running and not worker._stopping else []
+        for bundle in held:  # outside the lock: the running task may end meanwhile
+            worker._nack(bundle.msg, "(not started)")
         if running is not None and worker._answers.any_unsent():
             worker._answers.send_unsent()  # the running task is slow: do not hold back earlier results
         if worker._stopping and running is not None and not self._told_grace:
@@ -145,15 +162,42 @@ class Keeper(threading.Thread):
             os.kill(os.getpid(), signal.SIGTERM)  # the same path as a SIGTERM from outside
         tick = KEEPER_TICK
         written = beat._written
-        # Idle, and the record says so: doze (the main thread wakes the keeper when a task starts).
+        # Idle, and the record says so: doze (the main thread wakes the keeper
+        # when a task starts, at most once per STATE_SPACING: not within that of a wake-up).
         self.dozing = (running is None and not worker._stopping and written is not None
-                       and written[:2] == (state, None))
+                       and written[:2] == (state, None) and now >= self._next_nudge)
+        if self.dozing and worker._running is not None:
+            # A task started since the look above, and its thread may have seen
+            # dozing still False (it sets _running, then reads dozing): stay awake.
+            self.dozing = False
         if self.dozing:
             tick = KEEPER_IDLE_TICK if to_drain is None else min(KEEPER_IDLE_TICK, to_drain)
         pause = min(tick, max(0.0, next_beat - now))
         if running is not None and not running.lease_lost:
             pause = min(pause, max(0.0, running.next_extend - now))
         return pause
+
+    def _release_held(self, running: RunningTask, now: float) -> list[Bundle]:
+        """Called holding the worker's lock while ``running`` runs: once the
+        messages claimed with it and not started would wait longer than
+        HOARD_SECONDS at its pace so far, they are marked given back and
+        returned, for the caller to nack (the main thread skips them).
+
+        The rest of the running task's own bundle stays (see :mod:`.bundle`):
+        it could only go back as a new message while the bundle, claimed for
+        the running task, holds it too, and a crash of this worker would then
+        run it twice. A bundle holds only tasks expected to be quick."""
+        worker = self._worker
+        waiting = sum(len(queued) for queued in worker._queued)
+        elapsed = now - running.began
+        if not waiting or elapsed < SLOW_AFTER or elapsed * waiting <= HOARD_SECONDS:
+            return []
+        held, worker._queued = worker._queued, []
+        log.info("task %s is slow: giving back the %d message(s) claimed with it",
+                 running.task, len(held))
+        for queued in held:
+            queued.given_back = True
+        return held
 
     def _extend(self, running: RunningTask, now: float) -> None:
         try:

@@ -70,7 +70,12 @@ def _withdraw_from_bundle(broker: Broker, queue: str, tasks: TaskTable, publishe
                           task: TaskRecord, msg: Message) -> bool:
     """Withdraw ``task`` from the bundle ``msg`` it shares with other tasks:
     read the message, delete it if no worker has claimed it, and publish the
-    envelopes of its other unresolved tasks again, under the same id."""
+    envelopes of its other unresolved tasks again, under the same id.
+
+    The waiting message found by the bundle's id may be the rest of it that
+    a worker gave back and has not yet acked the bundle (see :mod:`.bundle`):
+    if ``task`` is not in it, it ran or runs, and is not withdrawn (the
+    message goes back as it was)."""
     read: Message | None
     try:
         read = broker.get_message(os.path.join(queue, msg.filename or ""))
@@ -82,11 +87,12 @@ def _withdraw_from_bundle(broker: Broker, queue: str, tasks: TaskTable, publishe
     except DdmqError as err:
         log.warning("cannot withdraw task %s from message %s: %s", task.id, msg.filename, err)
         return False
-    others = [doc for doc in task_envelopes(read.message) if isinstance(doc, dict)
-              and doc.get("task") != task.id and tasks.get(doc.get("task")) is not None]
+    envelopes = [doc for doc in task_envelopes(read.message) if isinstance(doc, dict)]
+    others = [doc for doc in envelopes
+              if doc.get("task") != task.id and tasks.get(doc.get("task")) is not None]
     if others:
         publisher.republish(others, msg.id or "")
-    return True
+    return any(doc.get("task") == task.id for doc in envelopes)
 
 
 def withdraw_all(broker: Broker, queue: str, tasks: TaskTable, listing: bool) -> list[TaskRecord]:

@@ -16,13 +16,16 @@ The data flow of one task (every arrow is a call of the broker's public API)::
     work file  <--------ack-------  (then ack: the task is done)
 
     keeper thread (ddmq.executor.keeper): extends the running task's lease,
-    rewrites ROOT/.workers/HOST.PID.json, ends the grace period.
+    rewrites ROOT/.workers/HOST.PID.json, gives back what waits behind a
+    slow task, ends the grace period.
 
 A worker claims one task message at a time, or a batch of them while its
 tasks are quick (:data:`MAX_BATCH`, :data:`QUICK_TASK`); the results of a
 batch share one reply message per reply queue (a reply body is a list of
-envelopes) and their acks one call. Large results go to the executor's
-spill folder (:mod:`ddmq.executor.spill`).
+envelopes) and their acks one call. The tasks of a batch that would wait
+behind a slow one are given back for other workers
+(:data:`~ddmq.executor.bundle.HOARD_SECONDS`). Large results go to the
+executor's spill folder (:mod:`ddmq.executor.spill`).
 
 A worker that dies (SIGKILL, node crash) is noticed by the executor in
 seconds (:mod:`ddmq.executor.deaths`): a local one when it exits, one
@@ -90,7 +93,7 @@ from .secret import load_secret
 from .spill import SpillStore
 from .walltime_guard import Walltime, WorkerWalltime, job_end
 from .answers import Answer, Answers
-from .bundle import Bundle
+from .bundle import HOARD_SECONDS, Bundle
 
 __all__ = ["Worker"]
 
@@ -114,10 +117,6 @@ LOCAL_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "ext2", "ext3", "ext4", "xfs", 
 LOCAL_POLL_MAX = 10.0
 #: Seconds a task may take on average for its worker to keep claiming batches.
 QUICK_TASK = 0.005
-#: When the tasks of a batch not started yet would take longer than this
-#: (s) at the pace of the last one, the worker gives them back for other
-#: workers (a requeue each: worth it only for that much work).
-HOARD_SECONDS = 1.0
 
 
 def _reply_of(envelopes: list[Any]) -> str:
@@ -175,7 +174,7 @@ class Worker:
         # answers of those that ran, not sent yet.
         self._lock = threading.Lock()
         self._running: RunningTask | None = None
-        self._queued: list[Message] = []
+        self._queued: list[Bundle] = []  # the batch's messages after the running task's
         self._bundle: Bundle | None = None  # the message of the running task (see .bundle)
         self._answers = Answers(self)
         # Set by the signal handler, which takes no locks (it may interrupt
@@ -189,7 +188,6 @@ class Worker:
         # In a Slurm job: when it ends, which tasks still fit, the drain (SIGUSR1).
         self._walltime = WorkerWalltime(self, Walltime(job_end(), drain_margin=drain_margin,
                                                        idle_margin=idle_margin))
-        self._task_env: Any = None  # the "env" of the running task's envelope (see _call)
         self._sees_all: bool | None = None  # inotify sees every change of the queue (see _poll_max)
 
     # --- the main loop ------------------------------------------------------------
@@ -300,19 +298,22 @@ class Worker:
         message per reply queue) and ack them.
 
         Tasks not yet started are given back when the worker is asked to
-        stop, when they turn out slow (so that other workers take them: a
-        batch is claimed only after quick tasks, see MAX_BATCH and HOARD_SECONDS),
-        when the batch has taken a third of a lease (only the running
-        task's lease is extended), or at ``max_tasks``: whole messages by a
-        nack, the rest of a bundle as a new message (:meth:`_hand_back`). The
-        keeper sends the results gathered so far when a task of the batch
-        turns out slow, so they do not wait for it."""
+        stop, when they would wait too long behind a slow one (so that other
+        workers take them: a batch is claimed only after quick tasks, see
+        MAX_BATCH and HOARD_SECONDS; the keeper gives the whole messages
+        back while the slow one runs), when the batch has taken a third of a
+        lease (only the running task's lease is extended), or at
+        ``max_tasks``: whole messages by a nack, the rest of a bundle as a
+        new message (:meth:`_hand_back`). The keeper sends the results gathered so far
+        when a task of the batch turns out slow, so they do not wait for it."""
         started = time.monotonic()
         ran = 0
         self._last_run = 0.0
         bundles = [Bundle(msg) for msg in msgs]
         left = sum(len(bundle) for bundle in bundles)  # tasks not started
         for index, bundle in enumerate(bundles):
+            if bundle.given_back:  # by the keeper, behind a slow task (so are all after it)
+                continue
             checked = self._check_bundle(bundle)
             if checked is None:  # refused, or its executor is gone
                 left -= len(bundle)
@@ -331,11 +332,12 @@ class Worker:
                         self._bundle = None
                     self._give_back(bundle, "(not started)")
                     for rest in bundles[index + 1:]:
-                        self._nack(rest.msg, "(not started)")
+                        if not rest.given_back:
+                            self._nack(rest.msg, "(not started)")
                     self._finish_batch(started, ran, index + 1)
                     return
                 with self._lock:  # the keeper gives these back too if the grace period ends
-                    self._queued = [rest.msg for rest in bundles[index + 1:]]
+                    self._queued = [rest for rest in bundles[index + 1:] if not rest.given_back]
                     self._bundle = bundle
                     bundle.take()
                 left -= 1
@@ -430,10 +432,9 @@ class Worker:
             self._keeper.task_started()  # the record should say "running" soon
         began = time.monotonic()
         self._walltime.starting(doc)
-        self._task_env = doc.get("env")
         try:  # None: the keeper dropped it while it ran, its executor being gone
-            outcome = self._orphans.run(msg, task.id, task.reply,
-                                        lambda: self._call(task.id, task.payload))
+            outcome = self._orphans.run(msg, task.id, task.reply, lambda: call_task(
+                task.id, task.payload, self.name, doc.get("env")))
         finally:
             self._last_run = time.monotonic() - began
             self._walltime.ran(doc, self._last_run)
@@ -456,29 +457,6 @@ class Worker:
             log.warning("task %s ran past a lost lease (another worker may run it again); "
                         "sending its result anyway: the executor keeps the first one", task.id)
         return Answer(msg, task.id, task.reply, result, last)
-
-    def _call(self, task: str, payload: bytes) -> tuple[list[Any] | None, list[Failure]]:
-        """Unpickle and call the calls of a verified task: (values, failures),
-        as :func:`dump_result` takes them. A task that cannot be unpickled
-        failed as a whole (values None)."""
-        try:
-            fn, arglists, kwargs = load_task(payload)
-        except Exception as err:
-            note = unpickling_note(self._task_env)  # the versions that differ, if the task said
-            return None, [failure(None, err, f"while loading task {task} on worker {self.name} "
-                                             "(workers must be able to import what the task needs)"
-                                             + (f"; {note}" if note else ""))]
-        values: list[Any] = []
-        failures: list[Failure] = []
-        for index, args in enumerate(arglists):
-            try:
-                values.append(fn(*args) if kwargs is None else fn(*args, **kwargs[index]))
-            except TaskDropped:  # the executor is gone: the rest of the calls are not made
-                raise
-            except BaseException as err:  # noqa: B036 (SystemExit of a task is its outcome)
-                values.append(None)
-                failures.append(failure(index, err, f"in task {task} on worker {self.name}"))
-        return values, failures
 
     def _nack(self, msg: Message, task: str) -> None:
         try:  # a hand-back is not a failed try; on a full disk, tried again as space returns
@@ -524,11 +502,37 @@ class Worker:
         else:
             self._nack(running.msg, running.task)
         self._answers.send_unsent()
-        for msg in self._queued:
-            self._nack(msg, "(not started)")
+        for queued in self._queued:
+            self._nack(queued.msg, "(not started)")
         self._heartbeat.remove()
         _flush_logs()
         os._exit(0)
+
+
+def call_task(task: str, payload: bytes, worker: str, env: Any
+              ) -> tuple[list[Any] | None, list[Failure]]:
+    """Unpickle and make the calls of verified task ``task`` on ``worker``:
+    (values, failures), as :func:`dump_result` takes them. A task that cannot
+    be unpickled failed as a whole (values None); ``env``, its envelope's
+    "env", names the versions that differ from the executor's, if it can."""
+    try:
+        fn, arglists, kwargs = load_task(payload)
+    except Exception as err:
+        note = unpickling_note(env)
+        return None, [failure(None, err, f"while loading task {task} on worker {worker} "
+                                         "(workers must be able to import what the task needs)"
+                                         + (f"; {note}" if note else ""))]
+    values: list[Any] = []
+    failures: list[Failure] = []
+    for index, args in enumerate(arglists):
+        try:
+            values.append(fn(*args) if kwargs is None else fn(*args, **kwargs[index]))
+        except TaskDropped:  # the executor is gone: the rest of the calls are not made
+            raise
+        except BaseException as err:  # noqa: B036 (SystemExit of a task is its outcome)
+            values.append(None)
+            failures.append(failure(index, err, f"in task {task} on worker {worker}"))
+    return values, failures
 
 
 def _flush_logs() -> None:
