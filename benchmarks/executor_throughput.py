@@ -28,6 +28,10 @@ Usage::
 
     python benchmarks/executor_throughput.py [--reps 3] [--dir DIR] [--only ddmq,ppe] [--quick]
 
+It imports the ddmq of the checkout it is in (not PYTHONPATH's): to compare
+two versions, run each checkout's own copy, from a folder that holds no
+``ddmq`` (``python -m ddmq.worker`` looks in the current folder first).
+
 ``--run`` measures instead what a named run (``DDMQExecutor(root,
 run=NAME)``) costs per call: W1 (5 maps per repetition) and W3 on an
 executor with ``run=`` and on one without, both started once, taking turns
@@ -301,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--dir", default=tempfile.gettempdir(),
                         help="folder for DDMQExecutor's queue root (default: the temp folder)")
-    parser.add_argument("--only", default="ddmq,ppe,loky", help="executors, comma-separated")
+    parser.add_argument("--only", default="ddmq,ppe,loky",
+                        help="executors, comma-separated: " + ", ".join(NAMES))
     parser.add_argument("--quick", action="store_true", help="a tenth of every workload, 1 rep")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "executor_throughput.json"))
     parser.add_argument("--png", default=os.path.join(HERE, "results", "executor_throughput.png"))
@@ -312,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.run:
         print(run_table(measure_run_overhead(args.dir, reps, scale)))
         return 0
+    unknown = [kind for kind in args.only.split(",") if kind not in NAMES]
+    if unknown:
+        parser.error(f"--only: unknown executor {unknown[0]!r} (choose from {', '.join(NAMES)})")
     kinds = available(args.only.split(","))
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     for rep in range(reps):
