@@ -59,8 +59,8 @@ KEEPER_TICK = 0.5
 KEEPER_IDLE_TICK = 5.0
 #: A running task is not judged slow before it has run this long (s), however
 #: many tasks wait behind it: a pause of the whole process (a busy machine, a
-#: garbage collection) would otherwise give back a bundle of a thousand quick
-#: tasks for nothing.
+#: garbage collection) would otherwise give back a batch of bundles of quick
+#: tasks (thousands of them) for nothing.
 SLOW_AFTER = 0.1
 
 
