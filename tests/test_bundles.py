@@ -28,7 +28,8 @@ from ddmq.executor import DDMQExecutor, TaskRejectedError
 from ddmq.executor.publisher import BUNDLE_MAX, BUNDLE_SECONDS
 from ddmq.layout import message_id
 
-from test_executor import HERE, LONG, REPO, evil_payload, published, start_worker, waiting_and_work
+from test_executor import (LONG, evil_payload, published, start_worker, waiting_and_work,
+                           worker_env)
 
 
 def record_call(i: int, calls: str, gate: str = "") -> int:
@@ -297,10 +298,8 @@ def test_messages_claimed_with_a_slow_task_are_given_back_while_it_runs(tmp_path
             futures = [ex.submit(record_call, i, str(calls), str(gate) if i == 0 else "")
                        for i in range(count)]
             published(ex, count)
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-                [REPO, HERE, os.environ.get("PYTHONPATH", "")]))
             workers.append(subprocess.Popen([sys.executable, "-c", EAGER_WORKER, str(root)],
-                                            env=env))
+                                            env=worker_env()))
             wait_until(lambda: not waiting_and_work(ex)[0], "the worker to claim every task")
             wait_until(lambda: any(n.startswith("0.") for n in os.listdir(calls)),
                        "call 0 to start")

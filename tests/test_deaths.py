@@ -24,10 +24,9 @@ import pytest
 import ddmq
 from ddmq.executor import DDMQExecutor, WorkerLostError, list_workers
 from ddmq.executor.heartbeat import HOST, record_path
+from test_executor import worker_env
 from test_worker import wait_until  # (condition, what, timeout=120)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 LONG = 120   # seconds: only reached when something is broken
 LEASE = 600  # longer than LONG: waiting for a lease would fail the test
 
@@ -66,10 +65,6 @@ def raise_timeout():
 
 def figure(name, seconds):
     print(f"\n[figure] {name}: {seconds:.1f} s")
-
-
-def worker_env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, HERE, os.environ.get("PYTHONPATH", "")]))
 
 
 def start_worker(root, *args, host=None):

@@ -144,10 +144,15 @@ def published(executor, count: int) -> list:
     return waiting_and_work(executor)[0]
 
 
+def worker_env():
+    """The environment of a worker process started by a test: it imports this
+    repository's ddmq and the tests' modules (the tasks' functions)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, HERE, os.environ.get("PYTHONPATH", "")]))
+
+
 def start_worker(root, *args, log=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, HERE, os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, "-m", "ddmq.worker", str(root), "--heartbeat", "0.5", *args],
-                            env=env, stdout=subprocess.DEVNULL,
+                            env=worker_env(), stdout=subprocess.DEVNULL,
                             stderr=open(log, "ab") if log else subprocess.DEVNULL)
 
 

@@ -18,7 +18,7 @@ import pytest
 import ddmq
 from ddmq.executor import DDMQExecutor, WorkerLostError, list_workers
 from ddmq.executor.heartbeat import HOST, Heartbeat, prune_lost, record_path
-from test_executor import published, wait_for  # the gate of a task (workers import this module too)
+from test_executor import published, start_worker, wait_for  # the gate of a task (workers import this module too)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -56,13 +56,6 @@ def double(x):
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-def start_worker(root, *args, log=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, HERE, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, "-m", "ddmq.worker", str(root), "--heartbeat", "0.5", *args],
-                            env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(log, "ab") if log else subprocess.DEVNULL)
-
 
 def wait_until(condition, what, timeout=LONG):
     deadline = time.monotonic() + timeout
